@@ -1,0 +1,72 @@
+"""Shared dependencies of the routes, as named `Annotated` aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from api.errors import ApiError
+from api.job_store import AsyncJobStore
+from worker.key_vault import KeyVault, app_id_of
+from worker.settings import Settings, check_composite_key
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_store(request: Request) -> AsyncJobStore:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def get_vault(request: Request) -> KeyVault:
+    return request.app.state.vault  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
+VaultDep = Annotated[KeyVault, Depends(get_vault)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whoever presented a platform key: the key itself (for the proxy) and its owner id."""
+
+    key: str
+    owner: str
+
+    @property
+    def app_id(self) -> str:
+        return app_id_of(self.key)
+
+
+def get_caller(
+    settings: SettingsDep,
+    vault: VaultDep,
+    authorization: Annotated[
+        str | None,
+        Header(description="`Bearer appID:appKey`: the platform key used upstream for this job."),
+    ] = None,
+) -> Caller:
+    if authorization is None or not authorization.strip():
+        if settings.service_key is None:
+            raise ApiError(401, "unauthorized",
+                           "Send your platform key as 'Authorization: Bearer appID:appKey'.",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return Caller(settings.service_key, vault.owner(settings.service_key))
+    scheme, _, key = authorization.strip().partition(" ")
+    key = key.strip()
+    try:
+        if scheme.lower() != "bearer":
+            raise ValueError("must use the Bearer scheme")
+        check_composite_key(key)
+    except ValueError as err:
+        raise ApiError(401, "unauthorized",
+                       f"The Authorization header {err}: send 'Authorization: Bearer appID:appKey'.",
+                       headers={"WWW-Authenticate": "Bearer"}) from None
+    return Caller(key, vault.owner(key))
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

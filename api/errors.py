@@ -1,0 +1,74 @@
+"""One error envelope for every 4xx/5xx: `{"error": {"type", "message", "fields"?}}`."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("llmq.api")
+
+
+class ApiError(Exception):
+    """An error meant for the caller, with a status and a message a person can act on."""
+
+    def __init__(self, status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status_code: int, error_type: str, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": {"type": error_type, "message": message, **extra}}, status_code=status_code)
+
+
+def _field_path(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return error_response(400, "invalid_json", f"The body is not valid JSON: {ctx.get('error', 'parse error')}")
+    fields = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in errors]
+    summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+    return error_response(422, "invalid_request", summary, fields=fields[:50])
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    response = error_response(exc.status_code, exc.error_type, exc.message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    types = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
+    response = error_response(exc.status_code, types.get(exc.status_code, "http_error"), str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable: %s", type(exc).__name__)
+    response = error_response(503, "unavailable", "Job storage (Redis) is unreachable; try again in a few seconds.")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)

@@ -1,0 +1,98 @@
+"""The API's side of the job records: submit, read, cancel, and wait without polling."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from worker import job_scripts, keys
+from worker.jobs import TERMINAL, UNFINISHED, NewJob, dumps, public_view, state_event
+
+
+class AsyncJobStore:
+    def __init__(self, client: aioredis.Redis, blocking_client: aioredis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        # Blocking reads (long-polling, event streams) get their own pool, with no short socket timeout.
+        self.blocking = blocking_client
+        self.ttl_s = ttl_s
+        self._submit = client.register_script(job_scripts.SUBMIT)
+        self._transition = client.register_script(job_scripts.TRANSITION)
+
+    async def submit(self, job: NewJob, idempotency_key: str | None) -> str:
+        """Record a new job (or find the one this idempotency key created); returns its id."""
+        idem = keys.idempotency(job.owner, idempotency_key) if idempotency_key else ""
+        pairs = [item for pair in job.to_fields().items() for item in pair]
+        return await self._submit(  # type: ignore[no-any-return]
+            keys=[keys.job(job.id), keys.job_events(job.id), keys.ACTIVE_JOBS, idem],
+            args=[self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id, *pairs],
+        )
+
+    async def forget(self, job: NewJob, idempotency_key: str | None) -> None:
+        """Undo a submission whose message could not be published."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.job(job.id), keys.job_events(job.id))
+        pipe.zrem(keys.ACTIVE_JOBS, job.id)
+        if idempotency_key:
+            pipe.delete(keys.idempotency(job.owner, idempotency_key))
+        await pipe.execute()
+
+    async def fields(self, job_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(keys.job(job_id))  # type: ignore[no-any-return]
+
+    async def cancel(self, job_id: str) -> tuple[bool, str]:
+        now = time.time()
+        reply = await self._transition(
+            keys=[keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS],
+            args=["cancelled", "," + ",".join(UNFINISHED) + ",", repr(now), state_event("cancelled", now),
+                  "", "1", job_id],
+        )
+        return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
+
+    async def snapshot(self, job_id: str) -> tuple[dict[str, str], str]:
+        """The record and the id of the last event, read together so no change slips between them."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(keys.job(job_id))
+        pipe.xrevrange(keys.job_events(job_id), count=1)
+        fields, last = await pipe.execute()
+        return fields, (last[0][0] if last else "0-0")
+
+    async def wait_until_finished(self, job_id: str, timeout_s: float) -> dict[str, str]:
+        """The record once the job is finished, or when `timeout_s` runs out (blocking reads, no polling)."""
+        fields, last_id = await self.snapshot(job_id)
+        deadline = time.monotonic() + timeout_s
+        while fields and fields.get("status") not in TERMINAL:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            reply = await self.blocking.xread({keys.job_events(job_id): last_id}, block=remaining_ms, count=200)
+            if not reply:
+                break
+            for event_id, entry in reply[0][1]:
+                last_id = event_id
+                event = json.loads(entry["e"])
+                if event.get("type") == "state" and event.get("status") in TERMINAL:
+                    return await self.fields(job_id)
+        return fields
+
+    async def read_events(
+        self, job_id: str, after_id: str, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        reply = await self.blocking.xread({keys.job_events(job_id): after_id}, block=block_ms, count=500)
+        if not reply:
+            return []
+        return [(event_id, json.loads(entry["e"])) for event_id, entry in reply[0][1]]
+
+    async def history(self, job_id: str, after_id: str = "-") -> list[tuple[str, dict[str, Any]]]:
+        start = after_id if after_id == "-" else f"({after_id}"
+        entries = await self.redis.xrange(keys.job_events(job_id), min=start, max="+")
+        return [(event_id, json.loads(entry["e"])) for event_id, entry in entries]
+
+
+def view(fields: dict[str, str]) -> dict[str, Any]:
+    return public_view(fields)
+
+
+__all__ = ["AsyncJobStore", "dumps", "view"]

@@ -1,0 +1,89 @@
+"""The HTTP API: FastAPI app factory and its lifespan (Redis pools, key vault)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.body_limit import BodyLimitMiddleware
+from api.errors import install_error_handlers
+from api.job_store import AsyncJobStore
+from api.routes import health, jobs
+from worker.celery_app import app as celery_app
+from worker.key_vault import vault_for
+from worker.logs import configure_logging
+from worker.settings import Settings, get_settings
+
+BROKER_CHECK_TIMEOUT_S = 2.0
+
+
+def _redis(settings: Settings, socket_timeout_s: float | None) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=30,
+        max_connections=10_000,
+    )
+
+
+def _broker_check(settings: Settings, redis_client: aioredis.Redis):  # type: ignore[no-untyped-def]
+    async def check() -> str:
+        try:
+            if settings.effective_broker_url == settings.redis_url:
+                await asyncio.wait_for(redis_client.ping(), BROKER_CHECK_TIMEOUT_S)
+            else:
+                def connect() -> None:
+                    with celery_app.connection_for_write() as conn:
+                        conn.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_S)
+
+                await asyncio.wait_for(asyncio.to_thread(connect), BROKER_CHECK_TIMEOUT_S + 1)
+            return "ok"
+        except Exception as err:
+            return f"unreachable: {type(err).__name__}"
+
+    return check
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = _redis(settings, settings.redis_socket_timeout_s)
+        blocking = _redis(settings, None)
+        app.state.settings = settings
+        app.state.redis = client
+        app.state.store = AsyncJobStore(client, blocking, settings.result_ttl_s)
+        app.state.vault = vault_for(settings.server_secret)
+        app.state.broker_check = _broker_check(settings, client)
+        yield
+        await client.aclose()
+        await blocking.aclose()
+
+    app = FastAPI(
+        title="llmq",
+        version="0.1.0",
+        description=(
+            "Asynchronous front door for an OpenAI-compatible LLM proxy: submit a chat request, get a job id "
+            "at once; llmq calls the proxy with your key, retries what can be retried, and keeps the result."
+        ),
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Entry point for `uvicorn --factory api.main:app_from_env`."""
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,148 @@
+"""/v1/jobs: submit a chat request, read it (optionally waiting), cancel it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
+from api.errors import ApiError
+from api.job_store import AsyncJobStore
+from api.schemas import ErrorResponse, JobCreate, JobPublic
+from worker import keys
+from worker.jobs import TERMINAL, NewJob, new_job_id, public_view
+from worker.settings import Settings
+from worker.tasks import enqueue
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_WAIT_S = 60
+JOB_ID_PATTERN = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"No job {job_id!r} for this key (unknown, expired, or another key's).")
+
+
+async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dict[str, str]:
+    """The job's record if it exists and belongs to the caller; 404 otherwise, either way."""
+    if not JOB_ID_PATTERN.match(job_id):
+        raise _not_found(job_id)
+    fields = await store.fields(job_id)
+    if not fields or fields.get("owner") != caller.owner:
+        raise _not_found(job_id)
+    return fields
+
+
+def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"Send the job as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r}).")
+
+
+def check_limits(body: JobCreate, settings: Settings) -> None:
+    if len(body.request.messages) > settings.max_messages:
+        raise ApiError(422, "invalid_request",
+                       f"request.messages: {len(body.request.messages)} messages is over the limit of "
+                       f"{settings.max_messages} (LLMQ_MAX_MESSAGES)")
+    if body.max_attempts is not None and body.max_attempts > settings.max_attempts_limit:
+        raise ApiError(422, "invalid_request",
+                       f"max_attempts: at most {settings.max_attempts_limit} (LLMQ_MAX_ATTEMPTS_LIMIT)")
+    if body.metadata is not None and len(json.dumps(body.metadata)) > settings.max_metadata_bytes:
+        raise ApiError(422, "invalid_request",
+                       f"metadata: over {settings.max_metadata_bytes} bytes of JSON (LLMQ_MAX_METADATA_BYTES)")
+    environment = body.environment or settings.upstream_default_env
+    if settings.upstream_url(environment) is None:
+        variable = f"LLMQ_UPSTREAM_{environment.upper()}_URL"
+        raise ApiError(422, "invalid_request",
+                       f"environment: no proxy URL is configured for {environment!r} ({variable}); "
+                       f"configured: {settings.configured_environments or 'none'}")
+
+
+@router.post(
+    "",
+    status_code=202,
+    dependencies=[Depends(require_json)],
+    response_model=JobPublic,
+    response_model_exclude_none=True,
+    responses={200: {"model": JobPublic, "description": "Idempotent replay: the job this key created."}, **ERRORS},
+)
+async def submit_job(
+    body: JobCreate,
+    response: Response,
+    caller: CallerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    vault: VaultDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="Same key, same caller, within the TTL: the first job is returned."),
+    ] = None,
+) -> dict[str, Any]:
+    """Accept a chat request and queue it; answers at once with the job's id."""
+    check_limits(body, settings)
+    request_body = body.request.model_dump(mode="json", exclude_unset=True)
+    job = NewJob(
+        id=new_job_id(),
+        owner=caller.owner,
+        key_token=vault.encrypt(caller.key),
+        app_id=caller.app_id,
+        model=body.request.model,
+        request=request_body,
+        environment=body.environment or settings.upstream_default_env,
+        priority=body.priority,
+        max_attempts=body.max_attempts or settings.default_max_attempts,
+        created_at=time.time(),
+        metadata=body.metadata,
+    )
+    job_id = await store.submit(job, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if job_id != job.id:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return public_view(await owned_fields(store, job_id, caller))
+    try:
+        await run_in_threadpool(enqueue, job.id, job.model, keys.QUEUE_BY_PRIORITY[job.priority])
+    except Exception as err:
+        await store.forget(job, idempotency_key)
+        raise ApiError(503, "unavailable", f"The job could not be queued ({type(err).__name__}); "
+                                           "nothing was kept, submit it again shortly.") from err
+    return public_view(job.to_fields())
+
+
+@router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
+async def get_job(
+    job_id: str,
+    caller: CallerDep,
+    store: StoreDep,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish before answering.")
+    ] = 0,
+) -> dict[str, Any]:
+    """A job's status, attempts, and result or error; with `wait`, answers as soon as it finishes."""
+    fields = await owned_fields(store, job_id, caller)
+    if wait and fields.get("status") not in TERMINAL:
+        fields = await store.wait_until_finished(job_id, wait) or fields
+    return public_view(fields)
+
+
+@router.delete("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
+async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
+    """Cancel a job that has not finished; no new proxy call starts for it."""
+    await owned_fields(store, job_id, caller)
+    cancelled, status = await store.cancel(job_id)
+    if not cancelled:
+        if status == "missing":
+            raise _not_found(job_id)
+        raise ApiError(409, "conflict", f"The job has already finished ({status}); only unfinished jobs can be cancelled.")
+    return public_view(await store.fields(job_id))

@@ -1,0 +1,59 @@
+"""The Celery app, configured from the one settings object."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import setup_logging
+from kombu import Queue
+
+from worker import keys
+from worker.logs import configure_logging
+from worker.settings import Settings, get_settings
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    return {
+        "broker_url": settings.effective_broker_url,
+        # Jobs have their own records in Redis; Celery's result backend would only duplicate them.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A job is acknowledged only once its attempt is over; a lost worker's jobs come back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Queues are read in the order the worker lists them: high, normal, low.
+            "queue_order_strategy": "priority",
+        },
+        # Calls are long: take only as many messages as there are free slots.
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": settings.worker_concurrency,
+        "task_queues": [Queue(name) for name in keys.QUEUES_IN_ORDER],
+        "task_default_queue": keys.QUEUE_BY_PRIORITY["normal"],
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Flower sees every task, its retries and its outcome.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("llmq", include=["worker.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@setup_logging.connect
+def _configure_logging(**_: object) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
+app = create_celery()

@@ -1,0 +1,150 @@
+"""One attempt at a job: claim it, call the proxy, record what happened.
+
+Plain functions over a `Runtime` (the process's Redis, store, HTTP client and key
+vault), so the Celery task stays thin and the logic can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.errors import UpstreamError
+from worker.job_store import Claim, JobStore
+from worker.key_vault import InvalidToken, KeyVault, vault_for
+from worker.retry_policy import RetryPolicy, next_delay
+from worker.settings import Settings, get_settings
+from worker.upstream import UpstreamClient, client_for
+
+log = logging.getLogger("llmq.worker")
+# Seconds beyond the HTTP timeouts before another delivery may take a running job over.
+LEASE_MARGIN_S = 5.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    upstream: UpstreamClient
+    vault: KeyVault
+    policy: RetryPolicy
+
+    @property
+    def lease_s(self) -> float:
+        return self.settings.connect_timeout_s + self.settings.read_timeout_s + LEASE_MARGIN_S
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=30,
+        retry_on_timeout=True,
+        max_connections=settings.worker_concurrency + 10,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def runtime() -> Runtime:
+    settings = get_settings()
+    client = redis_client(settings)
+    return Runtime(
+        settings=settings,
+        redis=client,
+        store=JobStore(client, settings.result_ttl_s),
+        upstream=client_for(settings),
+        vault=vault_for(settings.server_secret),
+        policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the task should do next."""
+
+    retry_in_s: float | None = None  # ask Celery for another attempt after this delay
+    error: dict[str, Any] | None = None  # the job failed for good with this error
+    skipped: str | None = None  # nothing to do (finished, cancelled, or gone)
+
+
+def attempt_record(
+    claim: Claim, started: float, error: UpstreamError | None, retry_in_s: float | None, status_code: int | None
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "n": claim.attempt,
+        "started_at": started,
+        "duration_ms": round((time.time() - started) * 1000, 1),
+        "outcome": "ok" if error is None else (f"http_{error.status_code}" if error.status_code else error.kind),
+        "status_code": status_code,
+    }
+    if error is not None:
+        record["error_type"] = error.kind
+        record["message"] = error.message
+    if retry_in_s is not None:
+        record["retry_in_s"] = round(retry_in_s, 3)
+    return record
+
+
+def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, message: str) -> Outcome:
+    error = {"type": error_type, "message": message, "status_code": None, "body_excerpt": None}
+    attempt = {"n": claim.attempt, "started_at": time.time(), "duration_ms": 0, "outcome": error_type,
+               "status_code": None, "error_type": error_type, "message": message}
+    rt.store.finish(job_id, "failed", attempt, error=error)
+    return Outcome(error=error)
+
+
+def run_attempt(rt: Runtime, job_id: str) -> Outcome:
+    claim = rt.store.claim(job_id, rt.lease_s)
+    if claim.state == "leased":
+        # Another delivery holds this job; look again when its lease runs out.
+        return Outcome(retry_in_s=max(float(claim.detail) - time.time(), 1.0))
+    if claim.state != "claimed":
+        log.info("job not run: %s %s", claim.state, claim.detail, extra={"job_id": job_id})
+        return Outcome(skipped=claim.state)
+
+    base_url = rt.settings.upstream_url(claim.environment)  # type: ignore[arg-type]
+    if base_url is None:
+        return _setup_error(rt, job_id, claim, "configuration",
+                            f"no proxy URL is configured for environment {claim.environment!r}")
+    try:
+        key = rt.vault.decrypt(claim.key_token)
+    except InvalidToken:
+        return _setup_error(rt, job_id, claim, "key_unreadable",
+                            "the stored key cannot be decrypted: LLMQ_SECRET changed since submission")
+
+    assert claim.request is not None
+    started = time.time()
+    extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model}
+    try:
+        if claim.request.get("stream"):
+            result = rt.upstream.stream(
+                base_url, key, claim.request,
+                on_delta=lambda deltas: rt.store.append_deltas(job_id, claim.attempt, deltas),
+            )
+        else:
+            result = rt.upstream.complete(base_url, key, claim.request)
+    except UpstreamError as err:
+        delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
+        record = attempt_record(claim, started, err, delay, err.status_code)
+        log.warning("attempt failed: %s", err.message,
+                    extra={**extra, "status_code": err.status_code, "outcome": record["outcome"],
+                           "duration_ms": record["duration_ms"]})
+        if delay is not None and rt.store.retry_later(job_id, record, delay):
+            return Outcome(retry_in_s=delay)
+        error = err.to_dict()
+        rt.store.finish(job_id, "failed", record, error=error)
+        return Outcome(error=error)
+
+    record = attempt_record(claim, started, None, None, 200)
+    finished = rt.store.finish(job_id, "succeeded", record, result=result)
+    log.info("attempt succeeded" if finished else "attempt succeeded after the job was cancelled; result dropped",
+             extra={**extra, "status_code": 200, "outcome": "ok", "duration_ms": record["duration_ms"]})
+    return Outcome()

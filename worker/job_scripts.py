@@ -1,0 +1,81 @@
+"""Lua scripts that change a job's record atomically.
+
+A job's status only moves forward: queued → running ⇄ retrying → succeeded | failed |
+cancelled. Each script checks the current status, applies the change, appends the event
+to the job's stream and keeps the index of unfinished jobs, in one round trip. A
+redelivered message for a finished job therefore finds nothing to do.
+"""
+
+# KEYS: job, events, active, idempotency ('' for none)
+# ARGV: ttl_s, now, event_json, job_id, field, value, ...
+# Returns the id of the job that answers for this submission (an earlier one on replay).
+SUBMIT = """
+if KEYS[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return existing end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1]) end
+return ARGV[4]
+"""
+
+# KEYS: job, events, active
+# ARGV: now, lease_until, job_id
+# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model}
+#      or {'missing'} | {'finished', status} | {'leased', lease_until}
+CLAIM = """
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count')
+local status = f[1]
+if not status then return {'missing'} end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  return {'finished', status}
+end
+local now = tonumber(ARGV[1])
+if status == 'running' and tonumber(f[2] or '0') > now then return {'leased', f[2]} end
+local n = tonumber(f[3] or '0')
+if status == 'running' then
+  -- The previous holder vanished mid-call (worker lost): its attempt counts, and says so.
+  local lost = '{"n":' .. n .. ',"outcome":"worker_lost","error_type":"worker_lost",' ..
+    '"message":"the worker holding this attempt stopped before it finished","finished_at":' .. ARGV[1] .. '}'
+  local prev = redis.call('HGET', KEYS[1], 'attempts')
+  redis.call('HSET', KEYS[1], 'attempts', prev and (prev .. '\\n' .. lost) or lost)
+end
+n = n + 1
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2],
+  'updated_at', ARGV[1], 'attempt_started_at', ARGV[1])
+if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e',
+  '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+local r = redis.call('HMGET', KEYS[1], 'key_token', 'request', 'environment', 'max_attempts', 'model')
+return {'claimed', n, r[1], r[2], r[3], r[4], r[5]}
+"""
+
+# KEYS: job, events, active
+# ARGV: to_status, allowed_from (',a,b,'), now, event_json, attempt_json ('' for none),
+#       terminal ('1'|'0'), job_id, field, value, ...
+# Returns {'ok', to_status} or {'refused', current_status} or {'missing'}
+TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {'refused', status} end
+if ARGV[5] ~= '' then
+  local prev = redis.call('HGET', KEYS[1], 'attempts')
+  redis.call('HSET', KEYS[1], 'attempts', prev and (prev .. '\\n' .. ARGV[5]) or ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[3])
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e', ARGV[4])
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
+  redis.call('ZREM', KEYS[3], ARGV[7])
+else
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
+end
+return {'ok', ARGV[1]}
+"""

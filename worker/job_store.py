@@ -1,0 +1,140 @@
+"""The worker's side of the job records: claim a job, record an attempt, finish it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker import job_scripts, keys
+from worker.jobs import TERMINAL, UNFINISHED, dumps, public_view, state_event
+from worker.streaming import Delta
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming a job found: `claimed` (with what the call needs), or why not."""
+
+    state: str  # claimed | missing | finished | leased
+    attempt: int = 0
+    key_token: str = ""
+    request: dict[str, Any] | None = None
+    environment: str = ""
+    max_attempts: int = 1
+    model: str = ""
+    detail: str = ""
+
+
+def _csv(statuses: tuple[str, ...] | frozenset[str]) -> str:
+    return "," + ",".join(statuses) + ","
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._claim = client.register_script(job_scripts.CLAIM)
+        self._transition = client.register_script(job_scripts.TRANSITION)
+
+    def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
+        now = time.time() if now is None else now
+        keys_ = [keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS]
+        reply = self._claim(keys=keys_, args=[repr(now), repr(now + lease_s), job_id])
+        state = reply[0]
+        if state != "claimed":
+            return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
+        _, attempt, key_token, request, environment, max_attempts, model = reply
+        return Claim(
+            state="claimed",
+            attempt=int(attempt),
+            key_token=key_token,
+            request=json.loads(request),
+            environment=environment,
+            max_attempts=int(max_attempts),
+            model=model,
+        )
+
+    def transition(
+        self,
+        job_id: str,
+        to_status: str,
+        allowed_from: tuple[str, ...],
+        event: str,
+        *,
+        attempt: dict[str, Any] | None = None,
+        now: float | None = None,
+        **fields: str,
+    ) -> tuple[bool, str]:
+        """Move a job forward if its status allows; (done, status it has now)."""
+        now = time.time() if now is None else now
+        pairs = [item for pair in fields.items() for item in pair]
+        reply = self._transition(
+            keys=[keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS],
+            args=[
+                to_status,
+                _csv(allowed_from),
+                repr(now),
+                event,
+                dumps(attempt) if attempt else "",
+                "1" if to_status in TERMINAL else "0",
+                job_id,
+                *pairs,
+            ],
+        )
+        return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
+
+    def retry_later(self, job_id: str, attempt: dict[str, Any], delay_s: float) -> bool:
+        now = time.time()
+        event = state_event("retrying", now, attempt=attempt["n"], retry_in_s=delay_s, reason=attempt["outcome"])
+        done, _ = self.transition(
+            job_id, "retrying", ("running",), event, attempt=attempt, now=now,
+            next_attempt_at=repr(now + delay_s),
+        )
+        return done
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        attempt: dict[str, Any] | None,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        allowed_from: tuple[str, ...] = ("running",),
+    ) -> bool:
+        now = time.time()
+        fields = {}
+        if result is not None:
+            fields["result"] = dumps(result)
+        if error is not None:
+            fields["error"] = dumps(error)
+        event = state_event(status, now, **({"error": error} if error else {}))
+        done, _ = self.transition(job_id, status, allowed_from, event, attempt=attempt, now=now, **fields)
+        return done
+
+    def fail_unfinished(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Give up on a job from any unfinished state (the sweeper's last word)."""
+        return self.finish(job_id, "failed", None, error=error, allowed_from=UNFINISHED)
+
+    def append_deltas(self, job_id: str, attempt: int, deltas: list[Delta]) -> None:
+        """Content deltas of a streaming call, for live listeners."""
+        pipe = self.redis.pipeline(transaction=False)
+        for delta in deltas:
+            payload = {"type": "delta", "attempt": attempt, "index": delta.choice_index}
+            if delta.content is not None:
+                payload["content"] = delta.content
+            if delta.reasoning_content is not None:
+                payload["reasoning_content"] = delta.reasoning_content
+            if delta.tool_call_fragments is not None:
+                payload["tool_calls"] = delta.tool_call_fragments
+            if delta.finish_reason is not None:
+                payload["finish_reason"] = delta.finish_reason
+            pipe.xadd(keys.job_events(job_id), {"e": dumps(payload)}, maxlen=2000, approximate=True)
+        pipe.execute()
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        fields = self.redis.hgetall(keys.job(job_id))
+        return public_view(fields) if fields else None

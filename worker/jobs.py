@@ -1,0 +1,105 @@
+"""A job as it lives in Redis: its statuses, the fields of its hash, and its public view.
+
+The hash is flat strings; JSON-valued fields (request, metadata, result, error,
+callback) are stored as JSON text, and attempts as JSON lines appended atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+Priority = Literal["high", "normal", "low"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+UNFINISHED: tuple[str, ...] = ("queued", "running", "retrying")
+
+JOB_ID_PREFIX = "job_"
+_JSON_FIELDS = ("request", "metadata", "result", "error", "callback")
+_FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_attempt_at")
+# Internal fields that never leave the store through the public view.
+_PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "attempt_count",
+                   "callback_secret_token")
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: unguessable, so an id alone grants nothing."""
+    return JOB_ID_PREFIX + secrets.token_urlsafe(16)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class NewJob:
+    """Everything recorded about a job at submission."""
+
+    id: str
+    owner: str
+    key_token: str
+    model: str
+    request: dict[str, Any]
+    environment: str
+    priority: Priority
+    max_attempts: int
+    created_at: float
+    app_id: str
+    metadata: dict[str, Any] | None = None
+    callback: dict[str, Any] | None = None
+    callback_secret_token: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[str, str]:
+        fields = {
+            "id": self.id,
+            "owner": self.owner,
+            "key_token": self.key_token,
+            "app_id": self.app_id,
+            "model": self.model,
+            "request": dumps(self.request),
+            "environment": self.environment,
+            "priority": self.priority,
+            "max_attempts": str(self.max_attempts),
+            "status": "queued",
+            "created_at": repr(self.created_at),
+            "updated_at": repr(self.created_at),
+            "stream": "1" if self.request.get("stream") else "0",
+            **self.extra,
+        }
+        if self.metadata is not None:
+            fields["metadata"] = dumps(self.metadata)
+        if self.callback is not None:
+            fields["callback"] = dumps(self.callback)
+        if self.callback_secret_token is not None:
+            fields["callback_secret_token"] = self.callback_secret_token
+        return fields
+
+
+def state_event(status: str, at: float, **details: Any) -> str:
+    """The JSON of one state-change event on a job's stream."""
+    return dumps({"type": "state", "status": status, "at": at, **details})
+
+
+def parse_json_lines(text: str | None) -> list[dict[str, Any]]:
+    if not text:
+        return []
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+def public_view(fields: dict[str, str]) -> dict[str, Any]:
+    """The job as callers see it (GET /v1/jobs/{id}, webhooks): no key, no owner."""
+    view: dict[str, Any] = {k: v for k, v in fields.items() if k not in _PRIVATE_FIELDS}
+    for name in _JSON_FIELDS:
+        if name in view:
+            view[name] = json.loads(view[name])
+    for name in _FLOAT_FIELDS:
+        if name in view:
+            view[name] = float(view[name])
+    view["max_attempts"] = int(fields.get("max_attempts", "1"))
+    view["stream"] = fields.get("stream") == "1"
+    view["attempts"] = parse_json_lines(fields.get("attempts"))
+    view["deliveries"] = parse_json_lines(fields.get("deliveries"))
+    return view

@@ -1,0 +1,30 @@
+"""Every Redis key llmq writes, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "llmq"
+
+QUEUE_BY_PRIORITY = {"high": "llmq.high", "normal": "llmq.normal", "low": "llmq.low"}
+# Workers consume queues in this order: a high job waiting always goes first.
+QUEUES_IN_ORDER = tuple(QUEUE_BY_PRIORITY.values())
+
+ACTIVE_JOBS = f"{PREFIX}:jobs:active"
+"""Sorted set of unfinished job ids, scored by last change: the sweeper's index."""
+
+
+def job(job_id: str) -> str:
+    """Hash holding one job's record."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream of one job's state changes and content deltas (live progress, long-polling)."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def idempotency(owner: str, idempotency_key: str) -> str:
+    """The job created first for one caller's Idempotency-Key (hashed: the header is caller data)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    return f"{PREFIX}:idem:{owner}:{digest}"

@@ -1,0 +1,179 @@
+"""The one typed settings object, read from the environment and an optional `.env`.
+
+Every process (API, worker, Flower, the local runner) reads the same variables, so a
+misconfiguration is caught the same way everywhere: at start-up, in one line that names
+the variable and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["test", "prod"]
+DEV_SECRET = "llmq-dev-secret-do-not-use-in-production"
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", DEV_SECRET}
+MIN_SECRET_CHARS = 16
+
+
+class ConfigError(SystemExit):
+    """Start-up stops here: one line naming the variable and the problem."""
+
+
+def _check_http_url(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL like http://HOST/openai-compatible/v1, got {value!r}")
+    return value.rstrip("/")
+
+
+def check_composite_key(key: str) -> str:
+    """A platform key is `appID:appKey`: two non-empty halves joined by one colon."""
+    app_id, sep, app_key = key.partition(":")
+    if not sep or not app_id.strip() or not app_key.strip() or ":" in app_key or any(c.isspace() for c in key):
+        raise ValueError("must be 'appID:appKey' (the appID and the appKey joined by ':')")
+    return key
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Storage and broker.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url.")
+    redis_socket_timeout_s: float = Field(3.0, gt=0, description="So a Redis outage answers 503, not a hang.")
+
+    # The proxy, by named environment (base URLs end in /openai-compatible/v1).
+    upstream_test_url: str | None = None
+    upstream_prod_url: str | None = None
+    upstream_default_env: Environment = "test"
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(180.0, gt=0, description="Longest silence allowed while the proxy answers.")
+
+    # The service's own platform key, as the proxy guide sets it: either the whole key in
+    # TAL_MLOPS_APP_KEY, or the halves in TAL_MLOPS_APP_ID and TAL_MLOPS_APP_KEY.
+    app_id: str | None = Field(None, validation_alias=AliasChoices("TAL_MLOPS_APP_ID", "LLMQ_APP_ID"))
+    app_key: SecretStr | None = Field(None, validation_alias=AliasChoices("TAL_MLOPS_APP_KEY", "LLMQ_APP_KEY"))
+
+    # Attempts and retry delays.
+    default_max_attempts: int = Field(5, ge=1)
+    max_attempts_limit: int = Field(10, ge=1)
+    retry_base_delay_s: float = Field(1.0, ge=0)
+    retry_max_delay_s: float = Field(60.0, ge=0)
+    retry_after_cap_s: float = Field(120.0, ge=0, description="Longest Retry-After from the proxy honoured.")
+
+    # Job records.
+    result_ttl_s: int = Field(3 * 24 * 3600, ge=60)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(4096, ge=1)
+    max_metadata_bytes: int = Field(16 * 1024, ge=0)
+
+    # Secrets. The server secret encrypts callers' keys at rest and scopes jobs to them.
+    secret: SecretStr | None = None
+    dev_mode: bool = False
+
+    # Worker.
+    worker_concurrency: int = Field(200, ge=1, description="Proxy calls held at once by one worker process.")
+    worker_pool: Literal["threads", "gevent"] = "threads"
+    visibility_timeout_s: int = Field(
+        600, ge=5, description="Unacknowledged jobs of a lost worker are redelivered after this long."
+    )
+
+    # Flower.
+    flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower's basic auth.")
+
+    # Logs.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    @field_validator("upstream_test_url", "upstream_prod_url")
+    @classmethod
+    def _upstream_is_http(cls, value: str | None) -> str | None:
+        return _check_http_url(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.app_key is not None:
+            whole = self.app_key.get_secret_value()
+            if self.app_id:
+                whole = f"{self.app_id}:{whole}"
+            try:
+                check_composite_key(whole)
+            except ValueError as err:
+                source = "TAL_MLOPS_APP_ID + TAL_MLOPS_APP_KEY" if self.app_id else "TAL_MLOPS_APP_KEY"
+                raise ValueError(f"{source} {err}") from None
+        elif self.app_id:
+            raise ValueError("TAL_MLOPS_APP_ID is set but TAL_MLOPS_APP_KEY is missing")
+        if not self.dev_mode:
+            if self.secret is None:
+                raise ValueError("LLMQ_SECRET is missing: set a random string of 16+ characters (or LLMQ_DEV_MODE=1)")
+            value = self.secret.get_secret_value()
+            if len(value) < MIN_SECRET_CHARS or value.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"LLMQ_SECRET must be a random string of {MIN_SECRET_CHARS}+ characters")
+        if self.default_max_attempts > self.max_attempts_limit:
+            raise ValueError("LLMQ_DEFAULT_MAX_ATTEMPTS must not exceed LLMQ_MAX_ATTEMPTS_LIMIT")
+        longest_hold = self.read_timeout_s + max(self.retry_max_delay_s, self.retry_after_cap_s)
+        if self.visibility_timeout_s <= longest_hold:
+            raise ValueError(
+                f"LLMQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed LLMQ_READ_TIMEOUT_S + "
+                f"the longest retry delay ({longest_hold:g}), or running jobs would be delivered twice"
+            )
+        return self
+
+    @property
+    def service_key(self) -> str | None:
+        """The service's own composite key, used for jobs submitted without one."""
+        if self.app_key is None:
+            return None
+        key = self.app_key.get_secret_value()
+        return f"{self.app_id}:{key}" if self.app_id else key
+
+    @property
+    def server_secret(self) -> str:
+        return self.secret.get_secret_value() if self.secret is not None else DEV_SECRET
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    def upstream_url(self, environment: Environment | None) -> str | None:
+        env = environment or self.upstream_default_env
+        return self.upstream_test_url if env == "test" else self.upstream_prod_url
+
+    @property
+    def configured_environments(self) -> list[str]:
+        return [env for env in ("test", "prod") if self.upstream_url(env)]  # type: ignore[arg-type]
+
+
+def describe_error(err: ValidationError) -> str:
+    """One line per problem, naming the variable, for a start-up failure."""
+    lines = []
+    for problem in err.errors():
+        loc = [str(part) for part in problem.get("loc", ()) if part != "__root__"]
+        message = str(problem.get("msg", "")).removeprefix("Value error, ")
+        if loc:
+            name = loc[0]
+            variable = name if name.isupper() else f"LLMQ_{name.upper()}"
+            lines.append(f"{variable}: {message}")
+        else:
+            lines.append(message)
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, or stop with one readable line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise ConfigError(f"llmq: configuration error: {describe_error(err)}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

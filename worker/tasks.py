@@ -1,0 +1,32 @@
+"""Celery tasks: thin wrappers that hand work to plain functions and ask Celery to retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from worker.celery_app import app
+from worker.job_runner import run_attempt, runtime
+
+
+class JobFailed(Exception):
+    """The job ended `failed`; raised so Flower shows the task as FAILURE."""
+
+
+@app.task(bind=True, name="llmq.call_proxy", max_retries=None, throws=(JobFailed,))
+def call_proxy(self: Task, job_id: str) -> str:
+    """Make one attempt at a job's proxy call; schedule the next through Celery's retry."""
+    outcome = run_attempt(runtime(), job_id)
+    if outcome.retry_in_s is not None:
+        raise self.retry(countdown=outcome.retry_in_s)
+    if outcome.error is not None:
+        raise JobFailed(f"{outcome.error['type']}: {outcome.error['message']}")
+    return outcome.skipped or "succeeded"
+
+
+def enqueue(job_id: str, model: str, queue: str, **options: Any) -> None:
+    """Publish a job; Flower shows its id and model, never anything secret."""
+    call_proxy.apply_async(
+        args=[job_id], queue=queue, argsrepr=f"({job_id!r}, model={model!r})", kwargsrepr="{}", **options
+    )
