@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -57,7 +56,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.calls.record(model=chat.model, app_id=credential.app_id, stream=chat.stream, at=time.time(),
                        outcome=outcome.kind, status=outcome.status)
     if delay > 0:
-        await asyncio.sleep(delay)
+        await state.sleeper.sleep(delay)
     return await _serve(request, state, chat, outcome, step)
 
 
@@ -86,13 +85,13 @@ async def _serve(request: web.Request, state: MockState, chat: ChatRequest, outc
     kind = outcome.kind
     faults = state.config.faults
     if kind == "ok":
-        return await _answer(request, chat, faults.chunk_delay_ms)
+        return await _answer(request, state, chat)
     if kind == "status":
         assert outcome.status is not None
         return _status_response(outcome.status, step, faults.retry_after_s)
     if kind == "hang":
         seconds = step.seconds if step is not None and step.seconds is not None else faults.hang_s
-        await asyncio.sleep(seconds)
+        await state.sleeper.sleep(seconds)
         # A hang never answers; once it is over the connection is simply dropped.
         abort_connection(request)
         return web.Response()
@@ -102,20 +101,20 @@ async def _serve(request: web.Request, state: MockState, chat: ChatRequest, outc
     if kind == "garbage":
         return _garbage(state, step)
     if kind == "stream_cut":
-        return await _cut(request, chat, faults.chunk_delay_ms)
+        return await _cut(request, state, chat)
     raise AssertionError(f"unhandled outcome {kind!r}")
 
 
-async def _answer(request: web.Request, chat: ChatRequest, chunk_delay_ms: float) -> web.StreamResponse:
+async def _answer(request: web.Request, state: MockState, chat: ChatRequest) -> web.StreamResponse:
     answer = build_answer(chat)
     if not chat.stream:
         return json_body_response(200, completion_body(answer))
     events = stream_events(answer, include_usage=chat.include_usage)
-    return await _send_events(request, events, chunk_delay_ms)
+    return await _send_events(request, state, events)
 
 
-async def _send_events(request: web.Request, events: list[bytes],
-                       chunk_delay_ms: float) -> web.StreamResponse:
+async def _send_events(request: web.Request, state: MockState, events: list[bytes]) -> web.StreamResponse:
+    chunk_delay_ms = state.config.faults.chunk_delay_ms
     response = web.StreamResponse(headers=_SSE_HEADERS)
     await response.prepare(request)
     try:
@@ -125,7 +124,7 @@ async def _send_events(request: web.Request, events: list[bytes],
         else:
             for index, event in enumerate(events):
                 if index:
-                    await asyncio.sleep(chunk_delay_ms / 1000.0)
+                    await state.sleeper.sleep(chunk_delay_ms / 1000.0)
                 await response.write(event)
         await response.write_eof()
     except ConnectionResetError:
@@ -133,10 +132,10 @@ async def _send_events(request: web.Request, events: list[bytes],
     return response
 
 
-async def _cut(request: web.Request, chat: ChatRequest, chunk_delay_ms: float) -> web.StreamResponse:
+async def _cut(request: web.Request, state: MockState, chat: ChatRequest) -> web.StreamResponse:
     answer = build_answer(chat)
     if chat.stream:
-        return await _send_events(request, cut_stream_events(answer), chunk_delay_ms)
+        return await _send_events(request, state, cut_stream_events(answer))
     # A plain request cannot be cut between events, so its body is cut short instead.
     body = json.dumps(completion_body(answer)).encode()
     response = web.StreamResponse(headers={"Content-Type": "application/json"})

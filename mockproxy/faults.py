@@ -75,7 +75,9 @@ class FaultConfig:
         if unknown:
             raise ConfigError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
         # Integers from JSON are fine for float fields; normalise so the dataclass stays uniform.
-        clean = {k: (float(v) if k != "seed" and _is_number(v) else v) for k, v in changes.items()}
+        clean: dict[str, Any] = {
+            k: (float(v) if k != "seed" and _is_number(v) else v) for k, v in changes.items()
+        }
         return replace(self, **clean)
 
     def as_dict(self) -> dict[str, Any]:

@@ -23,8 +23,14 @@ def create_app(config: MockConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = MockState(config or MockConfig())
     app.router.add_post(f"{BASE_PATH}/chat/completions", chat_completions)
+    app.on_shutdown.append(_wake_sleepers)
     add_admin_routes(app)
     return app
+
+
+async def _wake_sleepers(app: web.Application) -> None:
+    # Hanging and slow requests end at once, so a stop does not wait for them.
+    app[STATE_KEY].sleeper.wake_all()
 
 
 def base_url(host: str, port: int) -> str:

@@ -11,6 +11,7 @@ from aiohttp import web
 from mockproxy.calls import CallLog
 from mockproxy.config import MockConfig
 from mockproxy.scripts import ScriptBook
+from mockproxy.sleeper import Sleeper
 
 
 class MockState:
@@ -19,6 +20,7 @@ class MockState:
         self.rng = random.Random(config.faults.seed)
         self.scripts = ScriptBook()
         self.calls = CallLog()
+        self.sleeper = Sleeper()
         self._garbage_count = 0
 
     def update_config(self, changes: Mapping[str, Any]) -> None:

@@ -24,6 +24,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
             "visibility_timeout": settings.visibility_timeout_s,
             # Queues are read in the order the worker lists them: high, normal, low.
             "queue_order_strategy": "priority",
+            # How often a worker looks for a lost worker's messages; recovery takes
+            # visibility_timeout_s plus up to this long.
+            "unacked_restore_interval": settings.redelivery_check_s,
+            "unacked_restore_throttle": 1,
         },
         # Calls are long: take only as many messages as there are free slots.
         "worker_prefetch_multiplier": 1,

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
         600, ge=5, description="Unacknowledged jobs of a lost worker are redelivered after this long."
     )
 
+    redelivery_check_s: int = Field(10, ge=1, description="How often workers look for a lost worker's jobs.")
+
     # Flower.
     flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower's basic auth.")
 

@@ -1,0 +1,137 @@
+"""The core path through real processes: API → Redis → Celery worker → mock proxy → Redis → API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished
+
+
+def ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def test_submitted_job_succeeds_with_the_proxys_answer(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    with stack.client() as client:
+        request = chat(model, "what is llmq?", temperature=0.3, vendor_extra={"keep": True})
+        response = client.post("/v1/jobs", json={"request": request, "metadata": {"ticket": 42}})
+        assert response.status_code == 202
+        accepted = response.json()
+        assert accepted["status"] == "queued"
+        assert response.headers["location"] == f"/v1/jobs/{accepted['id']}"
+        job = wait_finished(client, accepted["id"])
+    assert job["status"] == "succeeded"
+    assert job["result"]["choices"][0]["message"]["content"] == "Echo: what is llmq?"
+    assert job["metadata"] == {"ticket": 42}
+    assert [a["outcome"] for a in job["attempts"]] == ["ok"]
+    calls = mock_proxy.calls(model)
+    assert len(calls) == 1
+    assert calls[0]["app_id"] == CALLER_KEY.split(":")[0]
+
+
+def test_unknown_parameters_reach_the_proxy_untouched(stack: Stack, model: str) -> None:
+    request = chat(model, temperature=0.3, vendor_extra={"keep": [1, 2]}, top_k=5)
+    with stack.client() as client:
+        job = submit(client, request)
+    stored = stack.redis.hget(f"llmq:job:{job['id']}", "request")
+    assert stored is not None
+    import json
+
+    assert json.loads(stored) == request
+
+
+def test_two_500s_then_success_takes_three_attempts(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "status", "status": 500}, {"kind": "status", "status": 500})
+    with stack.client() as client:
+        job = wait_finished(client, submit(client, chat(model))["id"])
+    assert job["status"] == "succeeded"
+    assert [a["outcome"] for a in job["attempts"]] == ["http_500", "http_500", "ok"]
+    assert all(a["retry_in_s"] > 0 for a in job["attempts"][:2])
+    assert len(mock_proxy.calls(model)) == 3
+
+
+def test_429_retry_after_is_honoured(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "status", "status": 429, "headers": {"Retry-After": "2"}})
+    with stack.client() as client:
+        job = wait_finished(client, submit(client, chat(model))["id"])
+    assert job["status"] == "succeeded"
+    first, second = job["attempts"]
+    assert first["outcome"] == "http_429" and first["retry_in_s"] == 2
+    first_end = ts(first["started_at"]) + first["duration_ms"] / 1000
+    assert ts(second["started_at"]) - first_end >= 2.0
+
+
+def test_401_from_the_proxy_fails_at_once_with_its_message(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    body = {"error": {"message": "app 7788 is not allowed to use this model", "type": "auth"}}
+    mock_proxy.script(model, {"kind": "status", "status": 401, "body": body})
+    with stack.client() as client:
+        job = wait_finished(client, submit(client, chat(model))["id"])
+    assert job["status"] == "failed"
+    assert len(job["attempts"]) == 1
+    assert job["error"]["status_code"] == 401
+    assert "app 7788 is not allowed to use this model" in job["error"]["message"]
+    assert len(mock_proxy.calls(model)) == 1
+
+
+def test_retries_stop_at_max_attempts_with_the_last_error(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, *[{"kind": "status", "status": 503}] * 3)
+    with stack.client() as client:
+        job = wait_finished(client, submit(client, chat(model), max_attempts=2)["id"])
+    assert job["status"] == "failed"
+    assert [a["outcome"] for a in job["attempts"]] == ["http_503", "http_503"]
+    assert job["error"]["type"] == "http_status" and job["error"]["status_code"] == 503
+    assert len(mock_proxy.calls(model)) == 2
+
+
+def test_garbage_2xx_is_retried(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "garbage"}, {"kind": "garbage"})
+    with stack.client() as client:
+        job = wait_finished(client, submit(client, chat(model))["id"])
+    assert job["status"] == "succeeded"
+    assert [a["outcome"] for a in job["attempts"]] == ["invalid_completion", "invalid_completion", "ok"]
+
+
+def test_another_key_gets_404_everywhere(stack: Stack, model: str) -> None:
+    with stack.client() as owner, stack.client(OTHER_KEY) as other:
+        job_id = submit(owner, chat(model))["id"]
+        assert other.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert other.get(f"/v1/jobs/{job_id}", params={"wait": 1}).status_code == 404
+        assert other.delete(f"/v1/jobs/{job_id}").status_code == 404
+        assert owner.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def test_idempotency_key_returns_the_first_job(stack: Stack, model: str) -> None:
+    with stack.client() as client, stack.client(OTHER_KEY) as other:
+        headers = {"Idempotency-Key": f"order-{model}"}
+        first = client.post("/v1/jobs", json={"request": chat(model)}, headers=headers)
+        again = client.post("/v1/jobs", json={"request": chat(model)}, headers=headers)
+        someone_else = other.post("/v1/jobs", json={"request": chat(model)}, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert someone_else.status_code == 202 and someone_else.json()["id"] != first.json()["id"]
+
+
+def test_wait_returns_when_the_job_finishes(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "ok", "latency_ms": 1500})
+    with stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()
+    assert job["status"] == "succeeded"
+
+
+def test_wait_times_out_with_the_current_state(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "ok", "latency_ms": 4000})
+    with stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 0.5}).json()
+        assert job["status"] in ("queued", "running")
+        assert wait_finished(client, job_id)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("priority", ["high", "low"])
+def test_priorities_are_accepted_and_run(stack: Stack, model: str, priority: str) -> None:
+    with stack.client() as client:
+        job = wait_finished(client, submit(client, chat(model), priority=priority)["id"])
+    assert job["status"] == "succeeded" and job["priority"] == priority
