@@ -46,7 +46,7 @@ class AllowList:
 
     @classmethod
     def parse(cls, spec: str | None) -> AllowList:
-        """From `"localhost,127.0.0.0/8,::1,hooks.internal.example"`; an IP literal is a one-address network."""
+        """From `"localhost,127.0.0.0/8,::1,hooks.example"`; an IP literal is a one-address network."""
         hostnames: set[str] = set()
         networks: list[IPNetwork] = []
         for raw in (spec or "").split(","):
@@ -148,12 +148,13 @@ def check_url_shape(url: str) -> SplitResult:
         raise CallbackRefused("callback_url must not contain a user name or password (user:pass@host)")
     if not parts.hostname:
         raise CallbackRefused("callback_url has no host, e.g. https://hooks.example.com/llmq")
+    bad_port = "callback_url has an invalid port; it must be a number from 1 to 65535"
     try:
         port = parts.port
     except ValueError:
-        raise CallbackRefused("callback_url has an invalid port; it must be a number from 1 to 65535") from None
+        raise CallbackRefused(bad_port) from None
     if port == 0:
-        raise CallbackRefused("callback_url has an invalid port; it must be a number from 1 to 65535")
+        raise CallbackRefused(bad_port)
     return parts
 
 
@@ -256,4 +257,5 @@ __all__ = [
     "check_url_shape",
     "is_forbidden_address",
     "resolve_and_check",
+    "system_resolve",
 ]

@@ -1,0 +1,25 @@
+# The first two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## the whole service on this machine (Redis and the mock proxy started when not configured)
+	$(VENV)/bin/llmq-dev
+
+test: $(STAMP)  ## the test-suite, on real Redis, workers and HTTP servers
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy api worker devstack
+
+clean:
+	rm -rf $(VENV) .llmq

@@ -1,0 +1,65 @@
+"""Jobs survive their worker: cancel before pickup, and SIGKILL in the middle of a call.
+
+These tests own their stack (Redis db 1) because they stop and kill workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.redis_server import RedisServer
+from tests.stack import MockProxy, Stack, chat, submit, wait_finished, wait_status
+
+
+@pytest.fixture(scope="module")
+def own_stack(redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) -> Iterator[Stack]:
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    running = Stack(url, mock_proxy.url, log_dir / "worker-loss")
+    try:
+        running.start_api()
+        yield running
+    finally:
+        running.stop()
+
+
+def broker_is_drained(stack: Stack) -> bool:
+    queued = sum(stack.redis.llen(name) for name in ("llmq.high", "llmq.normal", "llmq.low"))
+    return queued == 0 and stack.redis.hlen("unacked") == 0
+
+
+def test_cancel_before_pickup_never_calls_the_proxy(own_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    assert not own_stack.workers, "this test needs the queue to have no consumer yet"
+    with own_stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        cancelled = client.delete(f"/v1/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 409
+
+        own_stack.start_worker()
+        # A later job on the same queue finishing means the cancelled one's message was taken first.
+        follower = submit(client, chat(model + "-follower"))["id"]
+        assert wait_finished(client, follower)["status"] == "succeeded"
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled"
+    assert job["attempts"] == []
+    assert mock_proxy.calls(model) == []
+    assert broker_is_drained(own_stack)
+
+
+def test_worker_killed_mid_call_the_job_still_succeeds(own_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    if not own_stack.workers:
+        own_stack.start_worker()
+    mock_proxy.script(model, {"kind": "ok", "latency_ms": 5000})
+    with own_stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        wait_status(client, job_id, "running")
+        own_stack.workers[-1].kill()
+        own_stack.start_worker()
+        job = wait_finished(client, job_id, timeout_s=60)
+    assert job["status"] == "succeeded"
+    assert [a["outcome"] for a in job["attempts"]] == ["worker_lost", "ok"]
+    assert len(mock_proxy.calls(model)) == 2
+    assert broker_is_drained(own_stack)
