@@ -20,6 +20,7 @@ class AsyncJobStore:
         self.ttl_s = ttl_s
         self._submit = client.register_script(job_scripts.SUBMIT)
         self._transition = client.register_script(job_scripts.TRANSITION)
+        self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
 
     async def submit(self, job: NewJob, idempotency_key: str | None) -> str:
         """Record a new job (or find the one this idempotency key created); returns its id."""
@@ -50,6 +51,14 @@ class AsyncJobStore:
                   "", "1", job_id],
         )
         return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
+
+    async def reopen_callback(self, job_id: str) -> bool:
+        """A failed (or gone) delivery starts over from its first attempt."""
+        previous = await self._update_callback(
+            keys=[keys.job(job_id)],
+            args=[",failed,gone,", "", "callback_status", "pending", "callback_attempts", "0", "callback_next_at", "0"],
+        )
+        return bool(previous)
 
     async def snapshot(self, job_id: str) -> tuple[dict[str, str], str]:
         """The record and the id of the last event, read together so no change slips between them."""

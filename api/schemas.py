@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.job_view import AttemptPublic, DeliveryPublic, JobError, JobPublic
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
-JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 
 
 class ChatMessage(BaseModel):
@@ -53,59 +53,6 @@ class JobCreate(BaseModel):
     )
 
 
-class AttemptPublic(BaseModel):
-    n: int = Field(description="1 for the first attempt.")
-    started_at: datetime | None = None
-    duration_ms: float | None = None
-    outcome: str = Field(description="'ok', 'http_<status>', or an error kind (timeout, connection_error, ...).")
-    status_code: int | None = Field(None, description="HTTP status from the proxy, if it answered.")
-    error_type: str | None = None
-    message: str | None = None
-    retry_in_s: float | None = Field(None, description="Delay chosen before the next attempt.")
-    finished_at: datetime | None = None
-
-
-class JobError(BaseModel):
-    type: str = Field(description="http_status, timeout, connection_error, invalid_completion, ...")
-    message: str
-    status_code: int | None = Field(None, description="The proxy's HTTP status, when it answered.")
-    body_excerpt: str | None = Field(None, description="The start of the proxy's answer.")
-
-
-class DeliveryPublic(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    n: int
-    at: datetime
-    status_code: int | None = None
-    error: str | None = None
-    duration_ms: float | None = None
-
-
-class JobPublic(BaseModel):
-    """A job as its owner sees it."""
-
-    id: str
-    status: JobStatus
-    model: str
-    environment: str
-    priority: str
-    max_attempts: int
-    stream: bool
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    next_attempt_at: datetime | None = Field(None, description="When a retrying job is due again.")
-    attempts: list[AttemptPublic] = []
-    result: dict[str, Any] | None = Field(None, description="The proxy's ChatCompletion, as received.")
-    error: JobError | None = None
-    metadata: dict[str, Any] | None = None
-    callback_url: str | None = None
-    callback_status: str | None = Field(None, description="pending, delivered, failed or gone (410).")
-    deliveries: list[DeliveryPublic] = Field([], description="Webhook delivery attempts.")
-
-
 class ErrorBody(BaseModel):
     type: str
     message: str
@@ -119,3 +66,7 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     ok: bool
     checks: dict[str, str] = {}
+
+
+__all__ = ["AttemptPublic", "ChatRequest", "DeliveryPublic", "ErrorResponse", "Health", "JobCreate", "JobError",
+           "JobPublic"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx2
 
+from worker.keys import QUEUES_IN_ORDER
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -90,7 +92,7 @@ def api_process(env: dict[str, str], port: int, log_path: Path, host: str = "127
 
 
 def worker_process(env: dict[str, str], log_path: Path, name: str = "worker", *extra: str) -> ManagedProcess:
-    args = [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "llmq.high,llmq.normal,llmq.low",
+    args = [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", ",".join(QUEUES_IN_ORDER),
             "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "INFO", *extra]
     return ManagedProcess(name, args, env, log_path)
 

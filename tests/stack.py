@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import time
@@ -18,6 +19,7 @@ from devstack.redis_server import free_port
 CALLER_KEY = "7788:sk-llmq-e2e-" + "S3cr3tAppKey9f1c"
 CALLER_APP_KEY = CALLER_KEY.split(":", 1)[1]
 OTHER_KEY = "9911:another-callers-key"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-wide-webhook-secret-32b!").decode()
 
 
 def test_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, str]:
@@ -38,6 +40,10 @@ def test_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, s
         "LLMQ_VISIBILITY_TIMEOUT_S": "12",
         "LLMQ_REDELIVERY_CHECK_S": "1",
         "LLMQ_WORKER_CONCURRENCY": "50",
+        "LLMQ_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "LLMQ_WEBHOOK_SCHEDULE_S": "0,0.5,1,1,1,1,1",
+        "LLMQ_WEBHOOK_TIMEOUT_S": "3",
+        "LLMQ_CALLBACK_ALLOW": "localhost,127.0.0.0/8",
     })
     env.update(overrides)
     return env
@@ -100,6 +106,17 @@ def wait_finished(client: httpx2.Client, job_id: str, timeout_s: float = 60) -> 
         job = client.get(f"/v1/jobs/{job_id}", params={"wait": min(remaining, 30)}).json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job  # type: ignore[no-any-return]
+
+
+def wait_until(client: httpx2.Client, job_id: str, check: Any, timeout_s: float = 30) -> dict[str, Any]:
+    """Read the job until `check(job)` holds; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if check(job):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never met the condition; last seen: {job}")
 
 
 def wait_status(client: httpx2.Client, job_id: str, status: str, timeout_s: float = 30) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Outcome:
     retry_in_s: float | None = None  # ask Celery for another attempt after this delay
     error: dict[str, Any] | None = None  # the job failed for good with this error
     skipped: str | None = None  # nothing to do (finished, cancelled, or gone)
+    notify: bool = False  # the job is finished and has a callback to deliver
 
 
 def attempt_record(
@@ -97,8 +98,8 @@ def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, messag
     error = {"type": error_type, "message": message, "status_code": None, "body_excerpt": None}
     attempt = {"n": claim.attempt, "started_at": time.time(), "duration_ms": 0, "outcome": error_type,
                "status_code": None, "error_type": error_type, "message": message}
-    rt.store.finish(job_id, "failed", attempt, error=error)
-    return Outcome(error=error)
+    finished = rt.store.finish(job_id, "failed", attempt, error=error)
+    return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
 
 def run_attempt(rt: Runtime, job_id: str) -> Outcome:
@@ -108,7 +109,8 @@ def run_attempt(rt: Runtime, job_id: str) -> Outcome:
         return Outcome(retry_in_s=max(float(claim.detail) - time.time(), 1.0))
     if claim.state != "claimed":
         log.info("job not run: %s %s", claim.state, claim.detail, extra={"job_id": job_id})
-        return Outcome(skipped=claim.state)
+        # A finished job whose callback was never handed on (its worker died in between) gets it now.
+        return Outcome(skipped=claim.state, notify=claim.callback_status == "pending")
 
     base_url = rt.settings.upstream_url(claim.environment)  # type: ignore[arg-type]
     if base_url is None:
@@ -140,11 +142,11 @@ def run_attempt(rt: Runtime, job_id: str) -> Outcome:
         if delay is not None and rt.store.retry_later(job_id, record, delay):
             return Outcome(retry_in_s=delay)
         error = err.to_dict()
-        rt.store.finish(job_id, "failed", record, error=error)
-        return Outcome(error=error)
+        finished = rt.store.finish(job_id, "failed", record, error=error)
+        return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
     record = attempt_record(claim, started, None, None, 200)
     finished = rt.store.finish(job_id, "succeeded", record, result=result)
     log.info("attempt succeeded" if finished else "attempt succeeded after the job was cancelled; result dropped",
              extra={**extra, "status_code": 200, "outcome": "ok", "duration_ms": record["duration_ms"]})
-    return Outcome()
+    return Outcome(notify=finished and bool(claim.callback_status))

@@ -26,13 +26,13 @@ return ARGV[4]
 # KEYS: job, events, active
 # ARGV: now, lease_until, job_id
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model}
-#      or {'missing'} | {'finished', status} | {'leased', lease_until}
+#      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
 CLAIM = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count')
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status')
 local status = f[1]
 if not status then return {'missing'} end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-  return {'finished', status}
+  return {'finished', status, f[4] or ''}
 end
 local now = tonumber(ARGV[1])
 if status == 'running' and tonumber(f[2] or '0') > now then return {'leased', f[2]} end
@@ -51,8 +51,9 @@ if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e',
   '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
-local r = redis.call('HMGET', KEYS[1], 'key_token', 'request', 'environment', 'max_attempts', 'model')
-return {'claimed', n, r[1], r[2], r[3], r[4], r[5]}
+local r = redis.call('HMGET', KEYS[1], 'key_token', 'request', 'environment', 'max_attempts', 'model',
+  'callback_status')
+return {'claimed', n, r[1], r[2], r[3], r[4], r[5], r[6] or ''}
 """
 
 # KEYS: job, events, active
@@ -78,4 +79,18 @@ else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
 end
 return {'ok', ARGV[1]}
+"""
+
+# KEYS: job
+# ARGV: allowed callback statuses (',a,b,'), delivery_json ('' for none), field, value, ...
+# Returns the callback status before the change, or false if it was not allowed.
+UPDATE_CALLBACK = """
+local current = redis.call('HGET', KEYS[1], 'callback_status')
+if not current or not string.find(ARGV[1], ',' .. current .. ',', 1, true) then return false end
+if ARGV[2] ~= '' then
+  local prev = redis.call('HGET', KEYS[1], 'deliveries')
+  redis.call('HSET', KEYS[1], 'deliveries', prev and (prev .. '\\n' .. ARGV[2]) or ARGV[2])
+end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+return current
 """

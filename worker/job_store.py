@@ -25,6 +25,7 @@ class Claim:
     environment: str = ""
     max_attempts: int = 1
     model: str = ""
+    callback_status: str = ""
     detail: str = ""
 
 
@@ -38,15 +39,18 @@ class JobStore:
         self.ttl_s = ttl_s
         self._claim = client.register_script(job_scripts.CLAIM)
         self._transition = client.register_script(job_scripts.TRANSITION)
+        self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
 
     def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
         now = time.time() if now is None else now
         keys_ = [keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS]
         reply = self._claim(keys=keys_, args=[repr(now), repr(now + lease_s), job_id])
         state = reply[0]
+        if state == "finished":
+            return Claim(state=state, detail=reply[1], callback_status=reply[2])
         if state != "claimed":
             return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
-        _, attempt, key_token, request, environment, max_attempts, model = reply
+        _, attempt, key_token, request, environment, max_attempts, model, callback_status = reply
         return Claim(
             state="claimed",
             attempt=int(attempt),
@@ -55,6 +59,7 @@ class JobStore:
             environment=environment,
             max_attempts=int(max_attempts),
             model=model,
+            callback_status=callback_status,
         )
 
     def transition(
@@ -134,6 +139,16 @@ class JobStore:
                 payload["finish_reason"] = delta.finish_reason
             pipe.xadd(keys.job_events(job_id), {"e": dumps(payload)}, maxlen=2000, approximate=True)
         pipe.execute()
+
+    def update_callback(
+        self, job_id: str, allowed: tuple[str, ...], delivery: dict[str, Any] | None = None, **fields: str
+    ) -> str | None:
+        """Change the callback's bookkeeping if its status is one of `allowed`; the status it had, or None."""
+        pairs = [item for pair in fields.items() for item in pair]
+        reply = self._update_callback(
+            keys=[keys.job(job_id)], args=[_csv(allowed), dumps(delivery) if delivery else "", *pairs]
+        )
+        return reply or None
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         fields = self.redis.hgetall(keys.job(job_id))

@@ -21,7 +21,7 @@ _JSON_FIELDS = ("request", "metadata", "result", "error", "callback")
 _FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_attempt_at")
 # Internal fields that never leave the store through the public view.
 _PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "attempt_count",
-                   "callback_secret_token")
+                   "callback_secret_token", "callback_attempts", "callback_next_at")
 
 
 def new_job_id() -> str:
@@ -75,6 +75,8 @@ class NewJob:
             fields["callback"] = dumps(self.callback)
         if self.callback_secret_token is not None:
             fields["callback_secret_token"] = self.callback_secret_token
+        if self.callback is not None:
+            fields["callback_status"] = "pending"
         return fields
 
 
@@ -102,4 +104,7 @@ def public_view(fields: dict[str, str]) -> dict[str, Any]:
     view["stream"] = fields.get("stream") == "1"
     view["attempts"] = parse_json_lines(fields.get("attempts"))
     view["deliveries"] = parse_json_lines(fields.get("deliveries"))
+    callback = view.pop("callback", None)
+    if callback:
+        view["callback_url"] = callback["url"]
     return view

@@ -7,8 +7,10 @@ import hashlib
 PREFIX = "llmq"
 
 QUEUE_BY_PRIORITY = {"high": "llmq.high", "normal": "llmq.normal", "low": "llmq.low"}
-# Workers consume queues in this order: a high job waiting always goes first.
-QUEUES_IN_ORDER = tuple(QUEUE_BY_PRIORITY.values())
+WEBHOOK_QUEUE = "llmq.webhooks"
+# Workers consume queues in this order. Deliveries are short and bounded by their timeout, so
+# they go first; then a high job waiting always goes before a normal one, and normal before low.
+QUEUES_IN_ORDER = (WEBHOOK_QUEUE, *QUEUE_BY_PRIORITY.values())
 
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"
 """Sorted set of unfinished job ids, scored by last change: the sweeper's index."""

@@ -14,6 +14,9 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.callback_guard import AllowList
+from worker.webhooks import check_secret, parse_schedule
+
 Environment = Literal["test", "prod"]
 DEV_SECRET = "llmq-dev-secret-do-not-use-in-production"
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", DEV_SECRET}
@@ -42,7 +45,9 @@ def check_composite_key(key: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMQ_", env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LLMQ_", env_file=".env", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     # Storage and broker.
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -87,6 +92,18 @@ class Settings(BaseSettings):
 
     redelivery_check_s: int = Field(10, ge=1, description="How often workers look for a lost worker's jobs.")
 
+    # Webhooks.
+    webhook_secret: SecretStr | None = Field(
+        None, description="Service-wide signing secret, 'whsec_<base64>', for jobs without their own."
+    )
+    webhook_schedule_s: str = Field(
+        "0,5,300,1800,7200,18000,36000,36000", description="Delay before each delivery attempt, comma-separated."
+    )
+    webhook_timeout_s: float = Field(15.0, gt=0)
+    callback_allow: str | None = Field(
+        None, description="Hosts and networks callbacks may reach despite being private, e.g. 'hooks.internal,10.2.0.0/16'."
+    )
+
     # Flower.
     flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower's basic auth.")
 
@@ -98,6 +115,33 @@ class Settings(BaseSettings):
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:
         return _check_http_url(value)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret(value.get_secret_value())
+        return value
+
+    @field_validator("webhook_schedule_s")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _allow(cls, value: str | None) -> str | None:
+        AllowList.parse(value)
+        return value
+
+    @property
+    def webhook_schedule(self) -> tuple[float, ...]:
+        return parse_schedule(self.webhook_schedule_s)
+
+    @property
+    def callback_allow_list(self) -> AllowList:
+        return AllowList.parse(self.callback_allow)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -6,8 +6,10 @@ from typing import Any
 
 from celery import Task
 
+from worker import keys
 from worker.celery_app import app
 from worker.job_runner import run_attempt, runtime
+from worker.webhook_delivery import run_delivery
 
 
 class JobFailed(Exception):
@@ -18,6 +20,8 @@ class JobFailed(Exception):
 def call_proxy(self: Task, job_id: str) -> str:
     """Make one attempt at a job's proxy call; schedule the next through Celery's retry."""
     outcome = run_attempt(runtime(), job_id)
+    if outcome.notify:
+        enqueue_delivery(job_id)
     if outcome.retry_in_s is not None:
         raise self.retry(countdown=outcome.retry_in_s)
     if outcome.error is not None:
@@ -25,8 +29,21 @@ def call_proxy(self: Task, job_id: str) -> str:
     return outcome.skipped or "succeeded"
 
 
+@app.task(bind=True, name="llmq.deliver_webhook", max_retries=None)
+def deliver_webhook(self: Task, job_id: str) -> str:
+    """POST a finished job to its callback URL; retried on the webhook schedule, never touching the job."""
+    step = run_delivery(runtime(), job_id)
+    if step.again_in_s is not None:
+        raise self.retry(countdown=step.again_in_s)
+    return step.outcome
+
+
 def enqueue(job_id: str, model: str, queue: str, **options: Any) -> None:
     """Publish a job; Flower shows its id and model, never anything secret."""
     call_proxy.apply_async(
         args=[job_id], queue=queue, argsrepr=f"({job_id!r}, model={model!r})", kwargsrepr="{}", **options
     )
+
+
+def enqueue_delivery(job_id: str) -> None:
+    deliver_webhook.apply_async(args=[job_id], queue=keys.WEBHOOK_QUEUE)

@@ -2,6 +2,138 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
+import redis.exceptions
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import CallerDep, StoreDep
+from api.errors import ApiError
+from api.job_store import AsyncJobStore
+from api.routes.jobs import owned_fields
+from api.schemas import ErrorResponse
+from worker import keys
+from worker.jobs import TERMINAL, dumps
+
+log = logging.getLogger("llmq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# One blocking read at a time: long enough to be cheap, short enough for keep-alives to pass proxies.
+BLOCK_MS = 15_000
+# A connection is bounded even though the job lives for days; the client resumes with Last-Event-ID.
+MAX_CONNECTION_S = 600.0
+KEEP_ALIVE = ": keep-alive\n\n"
+STREAM_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_U64_MAX = 2**64 - 1
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streamed `text/event-stream` body (also what /docs shows for this route)."""
+
+    media_type = "text/event-stream"
+
+
+def parse_event_id(raw: str | None) -> str | None:
+    """A client's Last-Event-ID as a Redis stream id, None when absent; 400 when malformed."""
+    if raw is None or not raw.strip():
+        return None
+    match = STREAM_ID_PATTERN.match(raw.strip())
+    if not match or any(int(part) > _U64_MAX for part in match.groups()):
+        raise ApiError(400, "invalid_request",
+                       f"Last-Event-ID must be an id this stream sent, like '1700000000000-0' (got {raw!r}).")
+    return f"{int(match[1])}-{int(match[2])}"
+
+
+def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
+    """One SSE frame; compact JSON has no raw newline, so `data` is a single line."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event.get('type', 'state')}\ndata: {dumps(event)}\n\n"
+
+
+def is_terminal(event: dict[str, Any]) -> bool:
+    return event.get("type") == "state" and event.get("status") in TERMINAL
+
+
+def current_state(fields: dict[str, str]) -> dict[str, Any]:
+    """A state event made from the record, for a job whose event stream has expired."""
+    event: dict[str, Any] = {"type": "state", "status": fields.get("status"),
+                             "at": float(fields.get("updated_at") or 0), "synthetic": True}
+    if fields.get("attempt_count"):
+        event["attempt"] = int(fields["attempt_count"])
+    return event
+
+
+async def event_frames(
+    request: Request, store: AsyncJobStore, job_id: str, fields: dict[str, str], after_id: str | None
+) -> AsyncIterator[str]:
+    """History after `after_id`, then live events, until the terminal state, a disconnect or the cap."""
+    deadline = time.monotonic() + MAX_CONNECTION_S
+    # The status is read before the history: if it is terminal here, its event is already in the stream.
+    finished = fields.get("status") in TERMINAL
+    try:
+        history = await store.history(job_id, after_id or "-")
+        last_id = after_id or "0-0"
+        if not history and (after_id is None or not await store.redis.exists(keys.job_events(job_id))):
+            yield sse_event(None, current_state(fields))
+        for event_id, event in history:
+            yield sse_event(event_id, event)
+            last_id = event_id
+            if is_terminal(event):
+                return
+        if finished:
+            return
+        while not await request.is_disconnected():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return
+            events = await store.read_events(job_id, last_id, min(BLOCK_MS, remaining_ms))
+            if not events:
+                yield KEEP_ALIVE
+                continue
+            for event_id, event in events:
+                yield sse_event(event_id, event)
+                last_id = event_id
+                if is_terminal(event):
+                    return
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+        # Headers are already sent, so no error envelope is possible: end, and let the client resume.
+        log.warning("event stream ended early, redis unavailable: %s", type(err).__name__,
+                    extra={"job_id": job_id})
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "description": "Server-sent events `state` and `delta`; `id` is the event's stream id.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **ERRORS,
+    },
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    caller: CallerDep,
+    store: StoreDep,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event id (EventSource's).")
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="Resume after this event id; the Last-Event-ID header wins.")
+    ] = None,
+) -> EventStreamResponse:
+    """Job events as SSE, history first, to the final state; a `running` of a new attempt resets deltas."""
+    after_id = parse_event_id(last_event_id_header if last_event_id_header is not None else last_event_id)
+    fields = await owned_fields(store, job_id, caller)
+    return EventStreamResponse(
+        event_frames(request, store, job_id, fields, after_id),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

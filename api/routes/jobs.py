@@ -17,7 +17,9 @@ from api.schemas import ErrorResponse, JobCreate, JobPublic
 from worker import keys
 from worker.jobs import TERMINAL, NewJob, new_job_id, public_view
 from worker.settings import Settings
-from worker.tasks import enqueue
+from worker.callback_guard import CallbackRefused, resolve_and_check
+from worker.tasks import enqueue, enqueue_delivery
+from worker.webhooks import check_secret
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -69,6 +71,27 @@ def check_limits(body: JobCreate, settings: Settings) -> None:
                        f"configured: {settings.configured_environments or 'none'}")
 
 
+async def check_callback(body: JobCreate, settings: Settings) -> None:
+    """A callback must be signable and must point at a public address (or an allowed one)."""
+    if body.callback_url is None:
+        if body.callback_secret is not None:
+            raise ApiError(422, "invalid_request", "callback_secret: given without a callback_url")
+        return
+    if body.callback_secret is not None:
+        try:
+            check_secret(body.callback_secret)
+        except ValueError as err:
+            raise ApiError(422, "invalid_request", f"callback_secret: {err}") from None
+    elif settings.webhook_secret is None:
+        raise ApiError(422, "invalid_request",
+                       "callback_secret: required, because this service has no LLMQ_WEBHOOK_SECRET configured")
+    try:
+        # Resolving a name may block: keep it off the event loop.
+        await run_in_threadpool(resolve_and_check, body.callback_url, settings.callback_allow_list)
+    except CallbackRefused as err:
+        raise ApiError(422, "invalid_request", f"callback_url: {err}") from None
+
+
 @router.post(
     "",
     status_code=202,
@@ -91,6 +114,7 @@ async def submit_job(
 ) -> dict[str, Any]:
     """Accept a chat request and queue it; answers at once with the job's id."""
     check_limits(body, settings)
+    await check_callback(body, settings)
     request_body = body.request.model_dump(mode="json", exclude_unset=True)
     job = NewJob(
         id=new_job_id(),
@@ -104,6 +128,8 @@ async def submit_job(
         max_attempts=body.max_attempts or settings.default_max_attempts,
         created_at=time.time(),
         metadata=body.metadata,
+        callback={"url": body.callback_url} if body.callback_url else None,
+        callback_secret_token=vault.encrypt(body.callback_secret) if body.callback_secret else None,
     )
     job_id = await store.submit(job, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
@@ -139,10 +165,28 @@ async def get_job(
 @router.delete("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
 async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
     """Cancel a job that has not finished; no new proxy call starts for it."""
-    await owned_fields(store, job_id, caller)
+    fields = await owned_fields(store, job_id, caller)
     cancelled, status = await store.cancel(job_id)
     if not cancelled:
         if status == "missing":
             raise _not_found(job_id)
         raise ApiError(409, "conflict", f"The job has already finished ({status}); only unfinished jobs can be cancelled.")
+    if fields.get("callback"):
+        await run_in_threadpool(enqueue_delivery, job_id)
+    return public_view(await store.fields(job_id))
+
+
+@router.post(
+    "/{job_id}/callback/retry", status_code=202, response_model=JobPublic, response_model_exclude_none=True,
+    responses=ERRORS,
+)
+async def retry_callback(job_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
+    """Send a job's webhook again after its delivery ran out of attempts (or the receiver answered 410)."""
+    fields = await owned_fields(store, job_id, caller)
+    if not fields.get("callback"):
+        raise ApiError(409, "conflict", "The job has no callback_url.")
+    if not await store.reopen_callback(job_id):
+        raise ApiError(409, "conflict", f"The callback is {fields.get('callback_status')}; only a failed (or gone) "
+                                        "delivery can be sent again.")
+    await run_in_threadpool(enqueue_delivery, job_id)
     return public_view(await store.fields(job_id))

@@ -1,0 +1,73 @@
+"""A job as its owner sees it: the body of GET /v1/jobs/{id} and of every webhook event.
+
+Defined next to the records (not in the API) so a webhook carries exactly what GET shows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.jobs import public_view
+
+JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+
+class AttemptPublic(BaseModel):
+    n: int = Field(description="1 for the first attempt.")
+    started_at: datetime | None = None
+    duration_ms: float | None = None
+    outcome: str = Field(description="'ok', 'http_<status>', or an error kind (timeout, connection_error, ...).")
+    status_code: int | None = Field(None, description="HTTP status from the proxy, if it answered.")
+    error_type: str | None = None
+    message: str | None = None
+    retry_in_s: float | None = Field(None, description="Delay chosen before the next attempt.")
+    finished_at: datetime | None = None
+
+
+class JobError(BaseModel):
+    type: str = Field(description="http_status, timeout, connection_error, invalid_completion, ...")
+    message: str
+    status_code: int | None = Field(None, description="The proxy's HTTP status, when it answered.")
+    body_excerpt: str | None = Field(None, description="The start of the proxy's answer.")
+
+
+class DeliveryPublic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    n: int
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+class JobPublic(BaseModel):
+    """A job as its owner sees it."""
+
+    id: str
+    status: JobStatus
+    model: str
+    environment: str
+    priority: str
+    max_attempts: int
+    stream: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = Field(None, description="When a retrying job is due again.")
+    attempts: list[AttemptPublic] = []
+    result: dict[str, Any] | None = Field(None, description="The proxy's ChatCompletion, as received.")
+    error: JobError | None = None
+    metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    callback_status: str | None = Field(None, description="pending, delivered, failed or gone (410).")
+    deliveries: list[DeliveryPublic] = Field([], description="Webhook delivery attempts.")
+
+
+def job_json(fields: dict[str, str]) -> dict[str, Any]:
+    """The JSON-ready public view of a stored record, as the API serves it."""
+    return JobPublic.model_validate(public_view(fields)).model_dump(mode="json", exclude_none=True)
