@@ -52,8 +52,13 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    types = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
-    response = error_response(exc.status_code, types.get(exc.status_code, "http_error"), str(exc.detail))
+    types = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+             415: "unsupported_media_type"}
+    message = str(exc.detail)
+    if exc.status_code == 400:
+        # Starlette's own parse failure (for instance bytes that are not UTF-8).
+        message = f"The body could not be read as UTF-8 JSON ({message})."
+    response = error_response(exc.status_code, types.get(exc.status_code, "http_error"), message)
     if exc.headers:
         response.headers.update(exc.headers)
     return response

@@ -1,0 +1,71 @@
+"""The caller's key appears in no Redis value, no broker message, no log line and no Flower answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from devstack.processes import ManagedProcess, flower_process
+from devstack.redis_server import RedisServer, free_port
+from tests.receiver import Receiver
+from tests.secrets_scan import count_values, leaks_in_logs, leaks_in_redis
+from tests.stack import CALLER_APP_KEY, CALLER_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_until
+from worker.webhooks import new_secret
+
+FLOWER_AUTH = ("ops", "flower-test-password")
+
+
+@pytest.fixture(scope="module")
+def flower(stack: Stack, log_dir: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**stack.env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
+    process: ManagedProcess = flower_process(env, port, log_dir / "flower.log").start()
+    url = f"http://127.0.0.1:{port}"
+    process.wait_for_http(f"{url}/healthcheck")
+    yield url
+    process.stop()
+
+
+def flower_tasks(url: str, job_ids: set[str], timeout_s: float = 20) -> str:
+    """Flower's task list once it shows every given job (it learns of tasks from events)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx2.get(f"{url}/api/tasks", auth=FLOWER_AUTH, timeout=5).text
+        if all(job_id in text for job_id in job_ids) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
+def test_no_secret_anywhere_after_a_full_run(
+    stack: Stack, mock_proxy: MockProxy, redis_server: RedisServer, flower: str, log_dir: Path, model: str
+) -> None:
+    callback_secret = new_secret()
+    mock_proxy.script(model + "-retry", {"kind": "status", "status": 500}, {"kind": "status", "status": 429})
+    mock_proxy.script(model + "-fail", {"kind": "status", "status": 401})
+    with Receiver() as receiver, stack.client() as client:
+        receiver.statuses.append(500)
+        ids = {
+            submit(client, chat(model), callback_url=receiver.url, callback_secret=callback_secret)["id"],
+            submit(client, chat(model + "-retry"), callback_url=receiver.url)["id"],
+            submit(client, chat(model + "-fail"))["id"],
+            submit(client, chat(model + "-stream", stream=True))["id"],
+        }
+        for job_id in ids:
+            wait_finished(client, job_id)
+            wait_until(client, job_id, lambda job: job.get("callback_status") in (None, "delivered"))
+    secrets = [CALLER_KEY, CALLER_APP_KEY, callback_secret]
+
+    assert count_values(redis_server.url) > 20, "the scan must have read the jobs and the broker"
+    assert leaks_in_redis(redis_server.url, secrets) == []
+    assert leaks_in_redis(redis_server.url.rsplit("/", 1)[0] + "/1", secrets) == []
+    assert leaks_in_logs(log_dir, secrets) == []
+
+    assert httpx2.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+    tasks = flower_tasks(flower, ids)
+    assert all(job_id in tasks for job_id in ids), "Flower shows each job by id"
+    assert "llmq.call_proxy" in tasks and "llmq.deliver_webhook" in tasks
+    assert not any(secret in tasks for secret in secrets)
