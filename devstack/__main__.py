@@ -106,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
     key_hint = DEMO_KEY if mock_url else "$TAL_MLOPS_APP_ID:$TAL_MLOPS_APP_KEY"
     api_url = f"http://127.0.0.1:{api_port}"
+    redis_note = f"  (started for you, data in {args.data_dir / 'redis'})" if redis_server else ""
     print(f"""
 llmq is running.
   API      {api_url}        (docs: {api_url}/docs)
   Flower   http://127.0.0.1:{flower_port}
-  Redis    {env['LLMQ_REDIS_URL']}{'  (started for you, data in ' + str(args.data_dir / 'redis') + ')' if redis_server else ''}
+  Redis    {env['LLMQ_REDIS_URL']}{redis_note}
   Proxy    {settings.upstream_url(None)}{'  (the mock proxy: no real one configured)' if mock_url else ''}
   Logs     {logs}/
 

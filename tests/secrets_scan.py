@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,8 @@ def _decoded_messages(value: str) -> Iterator[str]:
     candidates = envelope if isinstance(envelope, list) else [envelope]
     for item in candidates:
         if isinstance(item, dict) and isinstance(item.get("body"), str):
-            try:
+            with contextlib.suppress(ValueError):
                 yield base64.b64decode(item["body"]).decode(errors="replace")
-            except ValueError:
-                pass
 
 
 def redis_values(url: str) -> Iterator[tuple[str, str]]:

@@ -6,6 +6,8 @@ to the job's stream and keeps the index of unfinished jobs, in one round trip. A
 redelivered message for a finished job therefore finds nothing to do.
 """
 
+from worker.keys import EVENTS_MAXLEN
+
 # KEYS: job, events, active, idempotency ('' for none)
 # ARGV: ttl_s, now, event_json, job_id, field, value, ...
 # Returns the id of the job that answers for this submission (an earlier one on replay).
@@ -16,7 +18,7 @@ if KEYS[4] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1]) end
@@ -48,7 +50,7 @@ n = n + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2],
   'updated_at', ARGV[1], 'attempt_started_at', ARGV[1])
 if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e',
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
   '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 local r = redis.call('HMGET', KEYS[1], 'key_token', 'request', 'environment', 'max_attempts', 'model',
@@ -70,7 +72,7 @@ if ARGV[5] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[3])
 if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 2000, '*', 'e', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
   redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
@@ -94,3 +96,8 @@ end
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 return current
 """
+
+# The stream's length bound lives in worker.keys with the key names.
+SUBMIT, CLAIM, TRANSITION = (
+    script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)) for script in (SUBMIT, CLAIM, TRANSITION)
+)

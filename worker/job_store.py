@@ -137,7 +137,7 @@ class JobStore:
                 payload["tool_calls"] = delta.tool_call_fragments
             if delta.finish_reason is not None:
                 payload["finish_reason"] = delta.finish_reason
-            pipe.xadd(keys.job_events(job_id), {"e": dumps(payload)}, maxlen=2000, approximate=True)
+            pipe.xadd(keys.job_events(job_id), {"e": dumps(payload)}, maxlen=keys.EVENTS_MAXLEN, approximate=True)
         pipe.execute()
 
     def update_callback(

@@ -21,6 +21,10 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+EVENTS_MAXLEN = 20_000
+"""Entries kept per job's event stream: room for the longest streamed answers we expect."""
+
+
 def job_events(job_id: str) -> str:
     """Stream of one job's state changes and content deltas (live progress, long-polling)."""
     return f"{PREFIX}:job:{job_id}:events"

@@ -101,7 +101,8 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(15.0, gt=0)
     callback_allow: str | None = Field(
-        None, description="Hosts and networks callbacks may reach despite being private, e.g. 'hooks.internal,10.2.0.0/16'."
+        None,
+        description="Hosts and networks callbacks may reach despite being private, e.g. 'hooks.internal,10.2.0.0/16'.",
     )
 
     # Flower.

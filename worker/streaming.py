@@ -278,10 +278,8 @@ class CompletionAssembler:
         index = fragment.get("index")
         if index is None:
             # Some vendors omit the index: a new id starts a new call, otherwise continue the last.
-            if fragment.get("id") or not choice.tool_calls:
-                index = len(choice.tool_calls)
-            else:
-                index = max(choice.tool_calls)
+            starts_new = fragment.get("id") or not choice.tool_calls
+            index = len(choice.tool_calls) if starts_new else max(choice.tool_calls)
         call = choice.tool_calls.get(index)
         if call is None:
             call = choice.tool_calls[index] = _ToolCall()

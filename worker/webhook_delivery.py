@@ -19,8 +19,8 @@ from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.job_runner import Runtime
 from worker.job_view import job_json
 from worker.jobs import TERMINAL
-from worker.keys import job as job_key
 from worker.key_vault import InvalidToken
+from worker.keys import job as job_key
 from worker.webhooks import build_event, deliver, make_client, next_delay_s, signed_headers, webhook_id
 
 log = logging.getLogger("llmq.webhooks")

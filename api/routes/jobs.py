@@ -15,9 +15,9 @@ from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
 from worker import keys
+from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.jobs import TERMINAL, NewJob, new_job_id, public_view
 from worker.settings import Settings
-from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.tasks import enqueue, enqueue_delivery
 from worker.webhooks import check_secret
 
@@ -170,7 +170,8 @@ async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[st
     if not cancelled:
         if status == "missing":
             raise _not_found(job_id)
-        raise ApiError(409, "conflict", f"The job has already finished ({status}); only unfinished jobs can be cancelled.")
+        raise ApiError(409, "conflict",
+                       f"The job has already finished ({status}); only unfinished jobs can be cancelled.")
     if fields.get("callback"):
         await run_in_threadpool(enqueue_delivery, job_id)
     return public_view(await store.fields(job_id))

@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from devstack.redis_server import RedisServer
 from tests.receiver import Receiver
-from tests.stack import WEBHOOK_SECRET, MockProxy, Stack, chat, submit, wait_finished, wait_until
+from tests.stack import WEBHOOK_SECRET, MockProxy, Stack, chat, submit, wait_until
 from worker.webhooks import new_secret
 
 DONE = ("delivered", "failed", "gone")

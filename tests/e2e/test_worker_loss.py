@@ -5,6 +5,7 @@ These tests own their stack (Redis db 1) because they stop and kill workers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from devstack.redis_server import RedisServer
 from tests.stack import MockProxy, Stack, chat, submit, wait_finished, wait_status
+from worker.keys import QUEUES_IN_ORDER
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,22 @@ def own_stack(redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) -
         running.stop()
 
 
-def broker_is_drained(stack: Stack) -> bool:
-    queued = sum(stack.redis.llen(name) for name in ("llmq.high", "llmq.normal", "llmq.low"))
-    return queued == 0 and stack.redis.hlen("unacked") == 0
+def broker_is_drained(stack: Stack, timeout_s: float = 10) -> bool:
+    """Every message taken and acknowledged (an ack follows the job's last write by a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queued = sum(stack.redis.llen(name) for name in QUEUES_IN_ORDER)
+        if queued == 0 and stack.redis.hlen("unacked") == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for_calls(mock_proxy: MockProxy, model: str, count: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(mock_proxy.calls(model)) < count:
+        assert time.monotonic() < deadline, f"the proxy never saw {count} call(s) for {model}"
+        time.sleep(0.02)
 
 
 def test_cancel_before_pickup_never_calls_the_proxy(own_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
@@ -56,6 +71,7 @@ def test_worker_killed_mid_call_the_job_still_succeeds(own_stack: Stack, mock_pr
     with own_stack.client() as client:
         job_id = submit(client, chat(model))["id"]
         wait_status(client, job_id, "running")
+        wait_for_calls(mock_proxy, model, 1)  # the call is in flight at the proxy
         own_stack.workers[-1].kill()
         own_stack.start_worker()
         job = wait_finished(client, job_id, timeout_s=60)
