@@ -85,7 +85,7 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_concurrency: int = Field(200, ge=1, description="Proxy calls held at once by one worker process.")
-    worker_pool: Literal["threads", "gevent"] = "threads"
+    worker_pool: Literal["threads"] = Field("threads", description="Celery pool; threads hold many waiting calls.")
     visibility_timeout_s: int = Field(
         600, ge=5, description="Unacknowledged jobs of a lost worker are redelivered after this long."
     )
