@@ -40,6 +40,7 @@ def test_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, s
         "LLMQ_VISIBILITY_TIMEOUT_S": "12",
         "LLMQ_REDELIVERY_CHECK_S": "1",
         "LLMQ_WORKER_CONCURRENCY": "50",
+        "LLMQ_WORKER_METRICS_PORT": "0",
         "LLMQ_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "LLMQ_WEBHOOK_SCHEDULE_S": "0,0.5,1,1,1,1,1",
         "LLMQ_WEBHOOK_TIMEOUT_S": "3",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_ready
 from kombu import Queue
+from prometheus_client import start_http_server
 
 from worker import keys
 from worker.logs import configure_logging
@@ -58,6 +61,16 @@ def create_celery(settings: Settings | None = None) -> Celery:
 def _configure_logging(**_: object) -> None:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    port = get_settings().worker_metrics_port
+    if port:
+        try:
+            start_http_server(port)
+        except OSError as err:  # another worker on this machine has it; its metrics are served there
+            logging.getLogger("llmq.worker").warning("metrics port %d unavailable: %s", port, err)
 
 
 app = create_celery()

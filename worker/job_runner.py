@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from worker import metrics
 from worker.errors import UpstreamError
 from worker.job_store import Claim, JobStore
 from worker.key_vault import InvalidToken, KeyVault, vault_for
@@ -94,11 +95,23 @@ def attempt_record(
     return record
 
 
+def count_tokens(claim: Claim, result: dict[str, Any]) -> None:
+    usage = result.get("usage")
+    if not isinstance(usage, dict):
+        return
+    for kind in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(kind)
+        if isinstance(value, int) and value > 0:
+            metrics.TOKENS.labels(claim.model, claim.app_id, kind.removesuffix("_tokens")).inc(value)
+
+
 def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, message: str) -> Outcome:
     error = {"type": error_type, "message": message, "status_code": None, "body_excerpt": None}
     attempt = {"n": claim.attempt, "started_at": time.time(), "duration_ms": 0, "outcome": error_type,
                "status_code": None, "error_type": error_type, "message": message}
     finished = rt.store.finish(job_id, "failed", attempt, error=error)
+    if finished:
+        metrics.JOBS_FINISHED.labels("failed").inc()
     return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
 
@@ -126,27 +139,36 @@ def run_attempt(rt: Runtime, job_id: str) -> Outcome:
     started = time.time()
     extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model}
     try:
-        if claim.request.get("stream"):
-            result = rt.upstream.stream(
-                base_url, key, claim.request,
-                on_delta=lambda deltas: rt.store.append_deltas(job_id, claim.attempt, deltas),
-            )
-        else:
-            result = rt.upstream.complete(base_url, key, claim.request)
+        with metrics.INFLIGHT_CALLS.track_inprogress():
+            if claim.request.get("stream"):
+                result = rt.upstream.stream(
+                    base_url, key, claim.request,
+                    on_delta=lambda deltas: rt.store.append_deltas(job_id, claim.attempt, deltas),
+                )
+            else:
+                result = rt.upstream.complete(base_url, key, claim.request)
     except UpstreamError as err:
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
         record = attempt_record(claim, started, err, delay, err.status_code)
+        metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)
         log.warning("attempt failed: %s", err.message,
                     extra={**extra, "status_code": err.status_code, "outcome": record["outcome"],
                            "duration_ms": record["duration_ms"]})
         if delay is not None and rt.store.retry_later(job_id, record, delay):
+            metrics.RETRIES.labels(record["outcome"]).inc()
             return Outcome(retry_in_s=delay)
         error = err.to_dict()
         finished = rt.store.finish(job_id, "failed", record, error=error)
+        if finished:
+            metrics.JOBS_FINISHED.labels("failed").inc()
         return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
     record = attempt_record(claim, started, None, None, 200)
+    metrics.UPSTREAM_LATENCY.labels(claim.model, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result=result)
+    if finished:
+        metrics.JOBS_FINISHED.labels("succeeded").inc()
+        count_tokens(claim, result)
     log.info("attempt succeeded" if finished else "attempt succeeded after the job was cancelled; result dropped",
              extra={**extra, "status_code": 200, "outcome": "ok", "duration_ms": record["duration_ms"]})
     return Outcome(notify=finished and bool(claim.callback_status))

@@ -27,7 +27,7 @@ return ARGV[4]
 
 # KEYS: job, events, active
 # ARGV: now, lease_until, job_id
-# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model}
+# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
 CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status')
@@ -54,8 +54,8 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
   '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 local r = redis.call('HMGET', KEYS[1], 'key_token', 'request', 'environment', 'max_attempts', 'model',
-  'callback_status')
-return {'claimed', n, r[1], r[2], r[3], r[4], r[5], r[6] or ''}
+  'callback_status', 'app_id')
+return {'claimed', n, r[1], r[2], r[3], r[4], r[5], r[6] or '', r[7] or ''}
 """
 
 # KEYS: job, events, active

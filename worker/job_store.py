@@ -26,6 +26,7 @@ class Claim:
     max_attempts: int = 1
     model: str = ""
     callback_status: str = ""
+    app_id: str = ""
     detail: str = ""
 
 
@@ -50,7 +51,7 @@ class JobStore:
             return Claim(state=state, detail=reply[1], callback_status=reply[2])
         if state != "claimed":
             return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
-        _, attempt, key_token, request, environment, max_attempts, model, callback_status = reply
+        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id = reply
         return Claim(
             state="claimed",
             attempt=int(attempt),
@@ -60,6 +61,7 @@ class JobStore:
             max_attempts=int(max_attempts),
             model=model,
             callback_status=callback_status,
+            app_id=app_id,
         )
 
     def transition(

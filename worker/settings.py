@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         description="Hosts and networks callbacks may reach despite being private, e.g. 'hooks.internal,10.2.0.0/16'.",
     )
 
+    worker_metrics_port: int = Field(
+        9808, ge=0, le=65535, description="Port of a worker's Prometheus endpoint (0: none)."
+    )
+
     # Flower.
     flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower's basic auth.")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx2
 
+from worker import metrics
 from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.job_runner import Runtime
 from worker.job_view import job_json
@@ -74,6 +75,7 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
         record = {"n": n, "at": now, "status_code": None, "error": f"refused: {reason}", "duration_ms": 0.0}
         rt.store.update_callback(job_id, OPEN, record, callback_status="failed", callback_attempts=str(n))
         log.warning("callback refused: %s", reason, extra=extra)
+        metrics.WEBHOOK_DELIVERIES.labels("refused").inc()
         return DeliveryStep(outcome="refused")
 
     payload = build_event(job_json(fields), now)
@@ -84,14 +86,17 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
         status = "delivered" if result.ok else "gone"
         rt.store.update_callback(job_id, OPEN, record, callback_status=status, callback_attempts=str(n))
         log.info("callback %s", status, extra={**extra, "status_code": result.status_code})
+        metrics.WEBHOOK_DELIVERIES.labels(status).inc()
         return DeliveryStep(outcome=status)
     delay = next_delay_s(n, rt.settings.webhook_schedule)
     if delay is None:
         rt.store.update_callback(job_id, OPEN, record, callback_status="failed", callback_attempts=str(n))
         log.warning("callback failed for good after %d attempts", n, extra={**extra, "status_code": result.status_code})
+        metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
         return DeliveryStep(outcome="failed")
     rt.store.update_callback(job_id, OPEN, record, callback_status="retrying", callback_attempts=str(n),
                              callback_next_at=repr(now + delay))
     log.info("callback attempt failed; next in %gs", delay, extra={**extra, "status_code": result.status_code})
+    metrics.WEBHOOK_DELIVERIES.labels("retrying").inc()
     return DeliveryStep(again_in_s=min(delay, max_hold_s(rt)), outcome="retrying")
 

@@ -14,7 +14,7 @@ from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
 from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
-from worker import keys
+from worker import keys, metrics
 from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.jobs import TERMINAL, NewJob, new_job_id, public_view
 from worker.settings import Settings
@@ -143,6 +143,7 @@ async def submit_job(
         await store.forget(job, idempotency_key)
         raise ApiError(503, "unavailable", f"The job could not be queued ({type(err).__name__}); "
                                            "nothing was kept, submit it again shortly.") from err
+    metrics.JOBS_SUBMITTED.labels(job.priority, job.environment).inc()
     return public_view(job.to_fields())
 
 
@@ -172,6 +173,7 @@ async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[st
             raise _not_found(job_id)
         raise ApiError(409, "conflict",
                        f"The job has already finished ({status}); only unfinished jobs can be cancelled.")
+    metrics.JOBS_FINISHED.labels("cancelled").inc()
     if fields.get("callback"):
         await run_in_threadpool(enqueue_delivery, job_id)
     return public_view(await store.fields(job_id))

@@ -1,0 +1,24 @@
+"""/metrics: Prometheus exposition of the API process, with queue depths read at scrape time."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker import keys, metrics
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus metrics: jobs submitted and finished, queue depth per queue, unfinished jobs."""
+    pipe = request.app.state.redis.pipeline(transaction=False)
+    for queue in keys.QUEUES_IN_ORDER:
+        pipe.llen(queue)
+    pipe.zcard(keys.ACTIVE_JOBS)
+    *depths, unfinished = await pipe.execute()
+    for queue, depth in zip(keys.QUEUES_IN_ORDER, depths, strict=True):
+        metrics.QUEUE_DEPTH.labels(queue).set(depth)
+    metrics.UNFINISHED_JOBS.set(unfinished)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

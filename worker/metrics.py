@@ -1,0 +1,26 @@
+"""Prometheus metrics: every name operators, dashboards and alert rules rely on.
+
+Labels never carry a job id or a key: model, status, queue, reason, and the appID half
+of the key (a platform application id, not a secret) for token usage.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS_SUBMITTED = Counter("llmq_jobs_submitted", "Jobs accepted by the API.", ["priority", "environment"])
+JOBS_FINISHED = Counter("llmq_jobs_finished", "Jobs that reached a terminal state.", ["status"])
+QUEUE_DEPTH = Gauge("llmq_queue_depth", "Messages waiting in each broker queue.", ["queue"])
+UNFINISHED_JOBS = Gauge("llmq_unfinished_jobs", "Jobs queued, running or retrying.")
+INFLIGHT_CALLS = Gauge("llmq_inflight_calls", "Proxy calls in progress in this worker process.")
+UPSTREAM_LATENCY = Histogram(
+    "llmq_upstream_request_duration_seconds",
+    "Duration of proxy calls, by model and outcome.",
+    ["model", "status_code"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300),
+)
+RETRIES = Counter("llmq_retries", "Attempts that will be retried, by reason.", ["reason"])
+WEBHOOK_DELIVERIES = Counter("llmq_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"])
+TOKENS = Counter(
+    "llmq_tokens", "Tokens reported by the proxy's usage, by model and app id.", ["model", "app_id", "kind"]
+)
