@@ -31,6 +31,19 @@ class AsyncJobStore:
             args=[self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id, *pairs],
         )
 
+    async def submit_many(self, jobs: list[tuple[NewJob, str | None]]) -> list[str]:
+        """Record many jobs in one round trip; the id that answers for each (earlier ones on replay)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job, idempotency_key in jobs:
+            idem = keys.idempotency(job.owner, idempotency_key) if idempotency_key else ""
+            pairs = [item for pair in job.to_fields().items() for item in pair]
+            await self._submit(
+                keys=[keys.job(job.id), keys.job_events(job.id), keys.ACTIVE_JOBS, idem],
+                args=[self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id, *pairs],
+                client=pipe,
+            )
+        return await pipe.execute()  # type: ignore[no-any-return]
+
     async def forget(self, job: NewJob, idempotency_key: str | None) -> None:
         """Undo a submission whose message could not be published."""
         pipe = self.redis.pipeline(transaction=True)

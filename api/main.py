@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.job_store import AsyncJobStore
-from api.routes import events, health, jobs, metrics
+from api.routes import batch, events, health, jobs, metrics
 from worker.celery_app import app as celery_app
 from worker.key_vault import vault_for
 from worker.logs import configure_logging
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(batch.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(metrics.router)

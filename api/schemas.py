@@ -59,6 +59,39 @@ class ErrorBody(BaseModel):
     fields: list[dict[str, Any]] | None = None
 
 
+class BatchItem(JobCreate):
+    """One job of a batch: a job body, with its own optional idempotency key."""
+
+    idempotency_key: str | None = Field(None, max_length=255, description="As the Idempotency-Key header, per job.")
+
+
+MAX_BATCH_JOBS = 1000
+
+
+class BatchCreate(BaseModel):
+    """Up to 1,000 jobs in one request; each is checked on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[dict[str, Any]] = Field(
+        min_length=1, max_length=MAX_BATCH_JOBS, description="Job bodies, each as for POST /v1/jobs (see BatchItem)."
+    )
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="Position of the job in the request.")
+    id: str | None = Field(None, description="The job's id, when accepted.")
+    status: str | None = None
+    replayed: bool | None = Field(None, description="True when its idempotency key returned an earlier job.")
+    error: ErrorBody | None = Field(None, description="Why this job was refused; the others are unaffected.")
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    jobs: list[BatchItemResult]
+
+
 class ErrorResponse(BaseModel):
     error: ErrorBody
 
@@ -68,5 +101,17 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
-__all__ = ["AttemptPublic", "ChatRequest", "DeliveryPublic", "ErrorResponse", "Health", "JobCreate", "JobError",
-           "JobPublic"]
+__all__ = [
+    "AttemptPublic",
+    "BatchCreate",
+    "BatchItem",
+    "BatchItemResult",
+    "BatchResult",
+    "ChatRequest",
+    "DeliveryPublic",
+    "ErrorResponse",
+    "Health",
+    "JobCreate",
+    "JobError",
+    "JobPublic",
+]

@@ -45,5 +45,12 @@ def enqueue(job_id: str, model: str, queue: str, **options: Any) -> None:
     )
 
 
+def enqueue_many(jobs: list[tuple[str, str, str]]) -> None:
+    """Publish (job id, model, queue) triples over one producer connection."""
+    with app.producer_or_acquire() as producer:
+        for job_id, model, queue in jobs:
+            enqueue(job_id, model, queue, producer=producer)
+
+
 def enqueue_delivery(job_id: str) -> None:
     deliver_webhook.apply_async(args=[job_id], queue=keys.WEBHOOK_QUEUE)

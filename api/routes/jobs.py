@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -14,12 +12,10 @@ from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
 from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
+from api.submission import build_job, check_callback, check_limits
 from worker import keys, metrics
-from worker.callback_guard import CallbackRefused, resolve_and_check
-from worker.jobs import TERMINAL, NewJob, new_job_id, public_view
-from worker.settings import Settings
+from worker.jobs import TERMINAL, public_view
 from worker.tasks import enqueue, enqueue_delivery
-from worker.webhooks import check_secret
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -52,46 +48,6 @@ def require_json(request: Request) -> None:
                        f"Send the job as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r}).")
 
 
-def check_limits(body: JobCreate, settings: Settings) -> None:
-    if len(body.request.messages) > settings.max_messages:
-        raise ApiError(422, "invalid_request",
-                       f"request.messages: {len(body.request.messages)} messages is over the limit of "
-                       f"{settings.max_messages} (LLMQ_MAX_MESSAGES)")
-    if body.max_attempts is not None and body.max_attempts > settings.max_attempts_limit:
-        raise ApiError(422, "invalid_request",
-                       f"max_attempts: at most {settings.max_attempts_limit} (LLMQ_MAX_ATTEMPTS_LIMIT)")
-    if body.metadata is not None and len(json.dumps(body.metadata)) > settings.max_metadata_bytes:
-        raise ApiError(422, "invalid_request",
-                       f"metadata: over {settings.max_metadata_bytes} bytes of JSON (LLMQ_MAX_METADATA_BYTES)")
-    environment = body.environment or settings.upstream_default_env
-    if settings.upstream_url(environment) is None:
-        variable = f"LLMQ_UPSTREAM_{environment.upper()}_URL"
-        raise ApiError(422, "invalid_request",
-                       f"environment: no proxy URL is configured for {environment!r} ({variable}); "
-                       f"configured: {settings.configured_environments or 'none'}")
-
-
-async def check_callback(body: JobCreate, settings: Settings) -> None:
-    """A callback must be signable and must point at a public address (or an allowed one)."""
-    if body.callback_url is None:
-        if body.callback_secret is not None:
-            raise ApiError(422, "invalid_request", "callback_secret: given without a callback_url")
-        return
-    if body.callback_secret is not None:
-        try:
-            check_secret(body.callback_secret)
-        except ValueError as err:
-            raise ApiError(422, "invalid_request", f"callback_secret: {err}") from None
-    elif settings.webhook_secret is None:
-        raise ApiError(422, "invalid_request",
-                       "callback_secret: required, because this service has no LLMQ_WEBHOOK_SECRET configured")
-    try:
-        # Resolving a name may block: keep it off the event loop.
-        await run_in_threadpool(resolve_and_check, body.callback_url, settings.callback_allow_list)
-    except CallbackRefused as err:
-        raise ApiError(422, "invalid_request", f"callback_url: {err}") from None
-
-
 @router.post(
     "",
     status_code=202,
@@ -115,22 +71,7 @@ async def submit_job(
     """Accept a chat request and queue it; answers at once with the job's id."""
     check_limits(body, settings)
     await check_callback(body, settings)
-    request_body = body.request.model_dump(mode="json", exclude_unset=True)
-    job = NewJob(
-        id=new_job_id(),
-        owner=caller.owner,
-        key_token=vault.encrypt(caller.key),
-        app_id=caller.app_id,
-        model=body.request.model,
-        request=request_body,
-        environment=body.environment or settings.upstream_default_env,
-        priority=body.priority,
-        max_attempts=body.max_attempts or settings.default_max_attempts,
-        created_at=time.time(),
-        metadata=body.metadata,
-        callback={"url": body.callback_url} if body.callback_url else None,
-        callback_secret_token=vault.encrypt(body.callback_secret) if body.callback_secret else None,
-    )
+    job = build_job(body, caller, settings, vault)
     job_id = await store.submit(job, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     if job_id != job.id:

@@ -1,0 +1,77 @@
+"""Turning a submitted body into a job: the checks settings impose, and the record itself."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Caller
+from api.errors import ApiError
+from api.schemas import JobCreate
+from worker.callback_guard import CallbackRefused, resolve_and_check
+from worker.jobs import NewJob, new_job_id
+from worker.key_vault import KeyVault
+from worker.settings import Settings
+from worker.webhooks import check_secret
+
+
+def check_limits(body: JobCreate, settings: Settings) -> None:
+    if len(body.request.messages) > settings.max_messages:
+        raise ApiError(422, "invalid_request",
+                       f"request.messages: {len(body.request.messages)} messages is over the limit of "
+                       f"{settings.max_messages} (LLMQ_MAX_MESSAGES)")
+    if body.max_attempts is not None and body.max_attempts > settings.max_attempts_limit:
+        raise ApiError(422, "invalid_request",
+                       f"max_attempts: at most {settings.max_attempts_limit} (LLMQ_MAX_ATTEMPTS_LIMIT)")
+    if body.metadata is not None and len(json.dumps(body.metadata)) > settings.max_metadata_bytes:
+        raise ApiError(422, "invalid_request",
+                       f"metadata: over {settings.max_metadata_bytes} bytes of JSON (LLMQ_MAX_METADATA_BYTES)")
+    environment = body.environment or settings.upstream_default_env
+    if settings.upstream_url(environment) is None:
+        variable = f"LLMQ_UPSTREAM_{environment.upper()}_URL"
+        raise ApiError(422, "invalid_request",
+                       f"environment: no proxy URL is configured for {environment!r} ({variable}); "
+                       f"configured: {settings.configured_environments or 'none'}")
+
+
+async def check_callback(body: JobCreate, settings: Settings) -> None:
+    """A callback must be signable and must point at a public address (or an allowed one)."""
+    if body.callback_url is None:
+        if body.callback_secret is not None:
+            raise ApiError(422, "invalid_request", "callback_secret: given without a callback_url")
+        return
+    if body.callback_secret is not None:
+        try:
+            check_secret(body.callback_secret)
+        except ValueError as err:
+            raise ApiError(422, "invalid_request", f"callback_secret: {err}") from None
+    elif settings.webhook_secret is None:
+        raise ApiError(422, "invalid_request",
+                       "callback_secret: required, because this service has no LLMQ_WEBHOOK_SECRET configured")
+    try:
+        # Resolving a name may block: keep it off the event loop.
+        await run_in_threadpool(resolve_and_check, body.callback_url, settings.callback_allow_list)
+    except CallbackRefused as err:
+        raise ApiError(422, "invalid_request", f"callback_url: {err}") from None
+
+
+def build_job(
+    body: JobCreate, caller: Caller, settings: Settings, vault: KeyVault, key_token: str | None = None
+) -> NewJob:
+    return NewJob(
+        id=new_job_id(),
+        owner=caller.owner,
+        key_token=key_token or vault.encrypt(caller.key),
+        app_id=caller.app_id,
+        model=body.request.model,
+        request=body.request.model_dump(mode="json", exclude_unset=True),
+        environment=body.environment or settings.upstream_default_env,
+        priority=body.priority,
+        max_attempts=body.max_attempts or settings.default_max_attempts,
+        created_at=time.time(),
+        metadata=body.metadata,
+        callback={"url": body.callback_url} if body.callback_url else None,
+        callback_secret_token=vault.encrypt(body.callback_secret) if body.callback_secret else None,
+    )
