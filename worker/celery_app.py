@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import setup_logging, worker_ready
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 from kombu import Queue
 from prometheus_client import start_http_server
 
@@ -61,6 +61,26 @@ def create_celery(settings: Settings | None = None) -> Celery:
 def _configure_logging(**_: object) -> None:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+
+
+_sweeper = None
+
+
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    global _sweeper
+    from worker.job_runner import runtime  # imported late: the tasks module imports this one
+    from worker.sweeper import Sweeper
+    from worker.tasks import enqueue
+
+    _sweeper = Sweeper(runtime(), enqueue)
+    _sweeper.start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
 
 
 @worker_ready.connect

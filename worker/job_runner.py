@@ -125,6 +125,10 @@ def run_attempt(rt: Runtime, job_id: str) -> Outcome:
         # A finished job whose callback was never handed on (its worker died in between) gets it now.
         return Outcome(skipped=claim.state, notify=claim.callback_status == "pending")
 
+    if claim.attempt > claim.max_attempts:
+        # The last attempt's worker vanished mid-call: no attempts are left to spend.
+        return _setup_error(rt, job_id, claim, "worker_lost",
+                            "the worker running the last attempt stopped before it finished; no attempts left")
     base_url = rt.settings.upstream_url(claim.environment)  # type: ignore[arg-type]
     if base_url is None:
         return _setup_error(rt, job_id, claim, "configuration",

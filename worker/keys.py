@@ -16,6 +16,10 @@ ACTIVE_JOBS = f"{PREFIX}:jobs:active"
 """Sorted set of unfinished job ids, scored by last change: the sweeper's index."""
 
 
+SWEEPER_LOCK = f"{PREFIX}:sweeper:lock"
+"""Held by the one worker sweeping for stuck jobs at a time."""
+
+
 def job(job_id: str) -> str:
     """Hash holding one job's record."""
     return f"{PREFIX}:job:{job_id}"

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         600, ge=5, description="Unacknowledged jobs of a lost worker are redelivered after this long."
     )
 
+    stuck_after_s: int = Field(
+        3600, ge=10, description="A queued job untouched this long is published again (its message may be lost)."
+    )
+    sweep_interval_s: float = Field(60, gt=0, description="How often one worker looks for stuck jobs.")
     redelivery_check_s: int = Field(10, ge=1, description="How often workers look for a lost worker's jobs.")
 
     # Webhooks.

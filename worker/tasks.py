@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Task
+from celery.exceptions import Reject
 
 from worker import keys
 from worker.celery_app import app
@@ -19,7 +21,11 @@ class JobFailed(Exception):
 @app.task(bind=True, name="llmq.call_proxy", max_retries=None, throws=(JobFailed,))
 def call_proxy(self: Task, job_id: str) -> str:
     """Make one attempt at a job's proxy call; schedule the next through Celery's retry."""
-    outcome = run_attempt(runtime(), job_id)
+    try:
+        outcome = run_attempt(runtime(), job_id)
+    except redis.RedisError as err:
+        # Job storage is unreachable: hand the message back rather than lose track of the job.
+        raise Reject(f"job storage unavailable ({type(err).__name__})", requeue=True) from err
     if outcome.notify:
         enqueue_delivery(job_id)
     if outcome.retry_in_s is not None:
@@ -32,7 +38,10 @@ def call_proxy(self: Task, job_id: str) -> str:
 @app.task(bind=True, name="llmq.deliver_webhook", max_retries=None)
 def deliver_webhook(self: Task, job_id: str) -> str:
     """POST a finished job to its callback URL; retried on the webhook schedule, never touching the job."""
-    step = run_delivery(runtime(), job_id)
+    try:
+        step = run_delivery(runtime(), job_id)
+    except redis.RedisError as err:
+        raise Reject(f"job storage unavailable ({type(err).__name__})", requeue=True) from err
     if step.again_in_s is not None:
         raise self.retry(countdown=step.again_in_s)
     return step.outcome

@@ -1,0 +1,87 @@
+"""The sweeper, against a real Redis: what it publishes again, what it fails, what it leaves alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from devstack.redis_server import RedisServer
+from worker import keys
+from worker.job_runner import Runtime
+from worker.job_store import JobStore
+from worker.jobs import NewJob, new_job_id
+from worker.key_vault import KeyVault
+from worker.retry_policy import RetryPolicy
+from worker.settings import load_settings
+from worker.sweeper import MAX_REQUEUES, sweep
+from worker.upstream import UpstreamClient
+
+NOW = time.time()
+VISIBILITY = 600
+
+
+@pytest.fixture
+def rt(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    monkeypatch.setenv("LLMQ_DEV_MODE", "1")
+    settings = load_settings(stuck_after_s=3600, visibility_timeout_s=VISIBILITY)
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/3", decode_responses=True)
+    client.flushdb()  # db 3 belongs to this test module alone
+    upstream = UpstreamClient(settings)
+    yield Runtime(settings, client, JobStore(client, 3600), upstream, KeyVault("x" * 20), RetryPolicy())
+    upstream.close()
+    client.close()
+
+
+def make_job(rt: Runtime, status: str, age_s: float, **fields: str) -> str:
+    job = NewJob(id=new_job_id(), owner="o", key_token="t", model="m", request={}, environment="test",
+                 priority="high", max_attempts=3, created_at=NOW - age_s, app_id="a")
+    record = {**job.to_fields(), "status": status, "updated_at": repr(NOW - age_s), **fields}
+    rt.redis.hset(keys.job(job.id), mapping=record)
+    rt.redis.zadd(keys.ACTIVE_JOBS, {job.id: NOW - age_s})
+    return job.id
+
+
+@pytest.mark.parametrize(
+    ("status", "age_s", "fields", "requeued"),
+    [
+        ("running", 2000, {"lease_until": repr(NOW - VISIBILITY - 1)}, True),
+        ("running", 2000, {"lease_until": repr(NOW + 100)}, False),  # a live worker holds it
+        ("retrying", 2000, {"next_attempt_at": repr(NOW - VISIBILITY - 1)}, True),
+        ("retrying", 2000, {"next_attempt_at": repr(NOW - 10)}, False),  # its message may still come
+        ("queued", 4000, {}, True),  # untouched past stuck_after_s: its message may be lost
+        ("queued", 700, {}, False),  # a backlog, not a loss
+        ("succeeded", 5000, {}, False),
+    ],
+)
+def test_what_is_published_again(rt: Runtime, status: str, age_s: float, fields: dict[str, str], requeued: bool) -> None:
+    job_id = make_job(rt, status, age_s, **fields)
+    published: list[tuple[str, str, str]] = []
+    report = sweep(rt, lambda *args: published.append(args), now=NOW)
+    assert (job_id in report.requeued) is requeued
+    assert (published == [(job_id, "m", "llmq.high")]) is requeued
+
+
+def test_a_job_that_never_moves_is_failed_with_a_clear_error(rt: Runtime) -> None:
+    job_id = make_job(rt, "running", 2000, lease_until=repr(NOW - VISIBILITY - 1), requeues=str(MAX_REQUEUES))
+    report = sweep(rt, lambda *args: None, now=NOW)
+    assert report.failed == [job_id]
+    job = rt.store.get(job_id)
+    assert job is not None and job["status"] == "failed"
+    assert job["error"]["type"] == "stuck"
+    assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) is None
+
+
+def test_expired_jobs_leave_the_index(rt: Runtime) -> None:
+    rt.redis.zadd(keys.ACTIVE_JOBS, {"job_gone": NOW - 9000})
+    report = sweep(rt, lambda *args: None, now=NOW)
+    assert report.forgotten == 1
+    assert rt.redis.zscore(keys.ACTIVE_JOBS, "job_gone") is None
+
+
+def test_a_requeued_job_waits_a_full_period_before_the_next(rt: Runtime) -> None:
+    job_id = make_job(rt, "queued", 4000)
+    assert sweep(rt, lambda *args: None, now=NOW).requeued == [job_id]
+    assert sweep(rt, lambda *args: None, now=NOW + 10).requeued == []

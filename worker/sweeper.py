@@ -1,0 +1,96 @@
+"""The last line of defence: find jobs that nothing will move on, and move them on.
+
+The broker redelivers a lost worker's messages by itself. The sweeper is for what slips
+past that: a message lost with its broker, an API that died between recording a job
+and publishing it, a retry whose message vanished. One worker at a time sweeps (a Redis
+lock), every `sweep_interval_s`, on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker import keys
+from worker.job_runner import Runtime
+
+log = logging.getLogger("llmq.sweeper")
+MAX_REQUEUES = 3
+BATCH = 500
+Publish = Callable[[str, str, str], None]
+
+
+@dataclass
+class SweepReport:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    forgotten: int = 0
+
+
+def overdue(fields: dict[str, str], now: float, visibility_s: float, stuck_after_s: float) -> bool:
+    """True when the broker should long have brought this job back and has not."""
+    status = fields.get("status")
+    if status == "running":
+        return float(fields.get("lease_until") or 0) + visibility_s < now
+    if status == "retrying":
+        return float(fields.get("next_attempt_at") or 0) + visibility_s < now
+    if status == "queued":
+        return float(fields.get("updated_at") or 0) + stuck_after_s < now
+    return False
+
+
+def sweep(rt: Runtime, publish: Publish, now: float | None = None) -> SweepReport:
+    now = time.time() if now is None else now
+    settings = rt.settings
+    horizon = now - min(settings.visibility_timeout_s, settings.stuck_after_s)
+    report = SweepReport()
+    names = ("status", "lease_until", "next_attempt_at", "updated_at", "model", "priority", "requeues")
+    for job_id in rt.redis.zrangebyscore(keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH):
+        values = rt.redis.hmget(keys.job(job_id), names)
+        fields = {name: value for name, value in zip(names, values, strict=True) if value is not None}
+        if "status" not in fields:  # expired with its TTL
+            rt.redis.zrem(keys.ACTIVE_JOBS, job_id)
+            report.forgotten += 1
+            continue
+        if not overdue(fields, now, settings.visibility_timeout_s, settings.stuck_after_s):
+            continue
+        requeues = int(fields.get("requeues") or 0)
+        if fields["status"] != "queued" and requeues >= MAX_REQUEUES:
+            error = {"type": "stuck", "message": f"the job stopped moving ({fields['status']}) and was published "
+                     f"again {requeues} times without progress", "status_code": None, "body_excerpt": None}
+            if rt.store.fail_unfinished(job_id, error):
+                report.failed.append(job_id)
+            continue
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.hincrby(keys.job(job_id), "requeues", 1)
+        pipe.zadd(keys.ACTIVE_JOBS, {job_id: now})  # not again before another full period
+        pipe.execute()
+        publish(job_id, fields.get("model", ""), keys.QUEUE_BY_PRIORITY.get(fields.get("priority", ""), "llmq.normal"))
+        report.requeued.append(job_id)
+    if report.requeued or report.failed:
+        log.warning("sweep: published again %d stuck job(s), failed %d", len(report.requeued), len(report.failed))
+    return report
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, rt: Runtime, publish: Publish) -> None:
+        super().__init__(name="llmq-sweeper", daemon=True)
+        self.rt = rt
+        self.publish = publish
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        interval = self.rt.settings.sweep_interval_s
+        while not self.stopping.wait(interval * random.uniform(0.8, 1.2)):
+            try:
+                if self.rt.redis.set(keys.SWEEPER_LOCK, "1", nx=True, ex=max(int(interval), 1)):
+                    sweep(self.rt, self.publish)
+            except Exception:  # a sweep must never take the worker down; the next one tries again
+                log.exception("sweep failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
