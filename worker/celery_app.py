@@ -13,10 +13,14 @@ from worker import keys
 from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 
+REDIS_TRANSPORT = "worker.redis_transport:Transport"
+
 
 def celery_config(settings: Settings) -> dict[str, object]:
+    broker = settings.effective_broker_url
     return {
-        "broker_url": settings.effective_broker_url,
+        "broker_url": broker,
+        "broker_transport": REDIS_TRANSPORT if broker.startswith(("redis://", "rediss://")) else None,
         # Jobs have their own records in Redis; Celery's result backend would only duplicate them.
         "task_ignore_result": True,
         "result_backend": None,

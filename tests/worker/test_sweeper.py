@@ -56,7 +56,9 @@ def make_job(rt: Runtime, status: str, age_s: float, **fields: str) -> str:
         ("succeeded", 5000, {}, False),
     ],
 )
-def test_what_is_published_again(rt: Runtime, status: str, age_s: float, fields: dict[str, str], requeued: bool) -> None:
+def test_what_is_published_again(
+    rt: Runtime, status: str, age_s: float, fields: dict[str, str], requeued: bool
+) -> None:
     job_id = make_job(rt, status, age_s, **fields)
     published: list[tuple[str, str, str]] = []
     report = sweep(rt, lambda *args: published.append(args), now=NOW)

@@ -1,0 +1,119 @@
+"""An HTTP load generator meant to run in its own process, so its CPU never hides inside the server's figures.
+
+`python -m bench.loadgen '<json spec>'` prints one JSON line: counts, elapsed time, rate and its own CPU use.
+Spec: client (aiohttp | httpx2), method, url, headers, body (text or null), n, concurrency, ok_status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.measure import percentile
+
+Send = Callable[[], Awaitable[int]]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _drive(send: Send, n: int, concurrency: int, ok_status: set[int]) -> dict[str, Any]:
+    statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    remaining = n
+
+    async def lane() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            try:
+                statuses[await send()] += 1
+            except Exception as err:  # every failure is counted, none stops the run
+                errors[type(err).__name__] += 1
+            latencies.append(time.perf_counter() - started)
+
+    me = psutil.Process()
+    cpu_before = sum(me.cpu_times()[:2])
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(min(concurrency, n))))
+    elapsed = time.perf_counter() - started
+    cpu_s = sum(me.cpu_times()[:2]) - cpu_before
+    ok = sum(count for status, count in statuses.items() if status in ok_status)
+    return {
+        "n": n, "ok": ok, "statuses": {str(k): v for k, v in statuses.items()}, "errors": dict(errors),
+        "elapsed_s": elapsed, "rate": ok / elapsed if elapsed else 0.0,
+        "latency_p50_ms": percentile(latencies, 50) * 1000, "latency_p99_ms": percentile(latencies, 99) * 1000,
+        # Near 1.0 means the generator used a whole core: it, not the server, may be the limit.
+        "cpu_s": cpu_s, "cpu_util": cpu_s / elapsed if elapsed else 0.0,
+    }
+
+
+async def _with_aiohttp(spec: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    body = spec["body"].encode() if spec.get("body") is not None else None
+    connector = aiohttp.TCPConnector(limit=spec["concurrency"], limit_per_host=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=spec.get("timeout_s", 120))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def send() -> int:
+            async with session.request(spec["method"], spec["url"], data=body, headers=spec["headers"]) as resp:
+                await resp.read()
+                return resp.status
+
+        return await _drive(send, spec["n"], spec["concurrency"], set(spec["ok_status"]))
+
+
+async def _with_httpx2(spec: dict[str, Any]) -> dict[str, Any]:
+    import httpx2
+
+    body = spec["body"].encode() if spec.get("body") is not None else None
+    limits = httpx2.Limits(max_connections=spec["concurrency"], max_keepalive_connections=spec["concurrency"])
+    async with httpx2.AsyncClient(limits=limits, timeout=spec.get("timeout_s", 120)) as client:
+
+        async def send() -> int:
+            resp = await client.request(spec["method"], spec["url"], content=body, headers=spec["headers"])
+            return resp.status_code
+
+        return await _drive(send, spec["n"], spec["concurrency"], set(spec["ok_status"]))
+
+
+CLIENTS = {"aiohttp": _with_aiohttp, "httpx2": _with_httpx2}
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[0])
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        result = runner.run(CLIENTS[spec["client"]](spec))
+    result["client"] = spec["client"]
+    print(json.dumps(result), flush=True)
+
+
+def run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run one load in a fresh process; its JSON result."""
+    done = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout_s, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

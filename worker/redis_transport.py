@@ -1,0 +1,52 @@
+"""Kombu's Redis transport, made to survive losing Redis while messages are in hand.
+
+When the connection drops, Celery closes the old channel and kombu tries to push the
+messages this worker holds back onto their queues; later, tasks that were running
+acknowledge or reject messages of that closed channel. With Redis gone, or the channel's
+connection already released, each of these raises, and Celery stops the whole worker as
+"unrecoverable". None of it is needed: those messages sit in Redis's unacked index and
+come back after the visibility timeout, where a finished job's message finds nothing to
+do. So on a closed channel these become logged no-ops, and the worker reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger("llmq.broker")
+
+
+class QoS(kombu_redis.QoS):
+    def _channel_gone(self) -> bool:
+        return self.channel.connection is None or self.channel.closed
+
+    def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
+        try:
+            return super().restore_unacked(client)
+        except Exception as err:
+            log.warning("could not hand %d message(s) back on close (%s); they return after the visibility timeout",
+                        len(self._delivered), type(err).__name__)
+            self._delivered.clear()
+            return None
+
+    def ack(self, delivery_tag):  # type: ignore[no-untyped-def]
+        if self._channel_gone():
+            log.info("ack of a message from a closed channel skipped; it returns after the visibility timeout")
+            return None
+        return super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):  # type: ignore[no-untyped-def]
+        if self._channel_gone():
+            log.info("reject of a message from a closed channel skipped; it returns after the visibility timeout")
+            return None
+        return super().reject(delivery_tag, requeue=requeue)
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
