@@ -10,7 +10,8 @@ from fastapi import Depends, Header, Request
 from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from worker.key_vault import KeyVault, app_id_of
-from worker.settings import Settings, check_composite_key
+from worker.platform_key import check_composite_key
+from worker.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

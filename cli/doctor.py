@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from cli.context import Context
 from cli.errors import CliError, ExitCode
 from cli.keys import KEY_FORMAT, KEY_HELP
 from cli.network import describe, resolve, tcp_connect
+from worker.errors import proxy_error_message
 
 DEFAULT_MODEL = "gemini-1.5-pro"
 BASE_PATH = "/openai-compatible/v1"
@@ -40,25 +40,6 @@ class Target:
     source: str
     host: str
     port: int
-
-
-def proxy_message(body: bytes) -> str | None:
-    """The proxy's own explanation (same reading as worker.upstream.proxy_error_message)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    for name in ("msg", "message", "detail"):
-        if data.get(name):
-            return str(data[name])
-    return None
 
 
 class Doctor:
@@ -186,7 +167,7 @@ class Doctor:
 
     def _judge(self, response: httpx2.Response, model: str, elapsed_ms: float) -> None:
         status = response.status_code
-        message = (proxy_message(response.content) or response.reason_phrase or "no message")[:300]
+        message = (proxy_error_message(response.content) or response.reason_phrase or "no message")[:300]
         said = f"HTTP {status}: {message}"
         if 200 <= status < 300:
             try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-KEY_FORMAT = "'appID:appKey' (the appID and the appKey joined by ':', e.g. 1234:abc)"
+from worker.platform_key import KEY_FORMAT, key_problem
+
 KEY_HELP = "set LLMQ_KEY=appID:appKey, or TAL_MLOPS_APP_ID and TAL_MLOPS_APP_KEY, or pass --key appID:appKey"
 
 
@@ -33,17 +34,9 @@ class KeyChoice:
 
 
 def format_problem(key: str) -> str | None:
-    """Same rule as the service (worker.settings.check_composite_key): two non-empty halves, one colon."""
-    app_id, sep, app_key = key.partition(":")
-    if not sep:
-        return f"has no ':' — it must be {KEY_FORMAT}"
-    if not app_id.strip() or not app_key.strip():
-        return f"has an empty half — it must be {KEY_FORMAT}"
-    if ":" in app_key:
-        return f"has more than one ':' — it must be {KEY_FORMAT}"
-    if any(c.isspace() for c in key):
-        return f"contains whitespace — it must be {KEY_FORMAT}"
-    return None
+    """The service's own rule (worker.platform_key), worded for a terminal."""
+    problem = key_problem(key)
+    return f"{problem} — it must be {KEY_FORMAT}" if problem else None
 
 
 def resolve_key(flag: str | None, environ: Mapping[str, str]) -> KeyChoice:

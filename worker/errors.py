@@ -14,6 +14,8 @@ attempt is decided in one place: `worker.retry_policy`.
 
 from __future__ import annotations
 
+import json
+
 BODY_EXCERPT_CHARS = 500
 
 
@@ -24,6 +26,25 @@ def excerpt(text: str | bytes | None, limit: int = BODY_EXCERPT_CHARS) -> str | 
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def proxy_error_message(body: bytes) -> str | None:
+    """The proxy's own explanation, from OpenAI-style or platform-style error bodies."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    for name in ("msg", "message", "detail"):
+        if data.get(name):
+            return str(data[name])
+    return None
 
 
 class UpstreamError(Exception):

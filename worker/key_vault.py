@@ -15,6 +15,8 @@ import hmac
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from worker.platform_key import app_id_of
+
 
 class KeyVault:
     def __init__(self, server_secret: str) -> None:
@@ -38,11 +40,6 @@ class KeyVault:
 @functools.lru_cache(maxsize=4)
 def vault_for(server_secret: str) -> KeyVault:
     return KeyVault(server_secret)
-
-
-def app_id_of(composite_key: str) -> str:
-    """The appID half: safe to show and to label metrics with."""
-    return composite_key.partition(":")[0]
 
 
 __all__ = ["InvalidToken", "KeyVault", "app_id_of", "vault_for"]

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.callback_guard import AllowList
+from worker.platform_key import check_composite_key
 from worker.webhooks import check_secret, parse_schedule
 
 Environment = Literal["test", "prod"]
@@ -34,14 +35,6 @@ def _check_http_url(value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL like http://HOST/openai-compatible/v1, got {value!r}")
     return value.rstrip("/")
-
-
-def check_composite_key(key: str) -> str:
-    """A platform key is `appID:appKey`: two non-empty halves joined by one colon."""
-    app_id, sep, app_key = key.partition(":")
-    if not sep or not app_id.strip() or not app_key.strip() or ":" in app_key or any(c.isspace() for c in key):
-        raise ValueError("must be 'appID:appKey' (the appID and the appKey joined by ':')")
-    return key
 
 
 class Settings(BaseSettings):

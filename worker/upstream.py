@@ -22,31 +22,13 @@ from worker.errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
+    proxy_error_message,
 )
 from worker.retry_policy import parse_retry_after
 from worker.settings import Settings
 from worker.streaming import CompletionAssembler, Delta, iter_sse_data
 
 DeltaSink = Callable[[list[Delta]], None]
-
-
-def proxy_error_message(body: bytes) -> str | None:
-    """The proxy's own explanation, from OpenAI-style or platform-style error bodies."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    for name in ("msg", "message", "detail"):
-        if data.get(name):
-            return str(data[name])
-    return None
 
 
 def check_completion(body: bytes) -> dict[str, Any]:
@@ -140,4 +122,4 @@ def client_for(settings: Settings) -> UpstreamClient:
         return client
 
 
-__all__ = ["UpstreamClient", "UpstreamError", "client_for", "proxy_error_message"]
+__all__ = ["UpstreamClient", "UpstreamError", "client_for"]
