@@ -11,6 +11,7 @@ import pytest
 
 from devstack.processes import ManagedProcess, mock_process
 from devstack.redis_server import RedisServer, free_port
+from tests.brokers import BROKERS, rabbitmq_vhost
 from tests.stack import MockProxy, Stack
 
 
@@ -37,15 +38,32 @@ def mock_proxy(log_dir: Path) -> Iterator[MockProxy]:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) -> Iterator[Stack]:
-    """API and one worker on Redis db 0, shared by the end-to-end tests that can share them."""
-    running = Stack(redis_server.url, mock_proxy.url, log_dir / "main")
+def broker_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
+    """The broker of the shared stack: each end-to-end test runs once on Redis and once on RabbitMQ."""
+    if request.param == "amqp":
+        with rabbitmq_vhost() as url:
+            yield url
+    else:
+        yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def stack(broker_url: str, redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) -> Iterator[Stack]:
+    """API and one worker, shared by the end-to-end tests that can share them (job records in db 0 or 2)."""
+    amqp = broker_url.startswith("amqp://")
+    records = redis_server.url.rsplit("/", 1)[0] + ("/2" if amqp else "/0")
+    running = Stack(records, mock_proxy.url, log_dir / ("main-amqp" if amqp else "main"), LLMQ_BROKER_URL=broker_url)
     try:
         running.start_api()
         running.start_worker()
         yield running
     finally:
         running.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker_url" in metafunc.fixturenames:
+        metafunc.parametrize("broker_url", BROKERS, indirect=True, scope="session")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ These tests own their stack (Redis db 1) because they stop and kill workers.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,29 +13,31 @@ from pathlib import Path
 import pytest
 
 from devstack.redis_server import RedisServer
+from tests.brokers import BROKERS, pending_messages, rabbitmq_vhost
 from tests.stack import MockProxy, Stack, chat, submit, wait_finished, wait_status
-from worker.keys import QUEUES_IN_ORDER
 
 
-@pytest.fixture(scope="module")
-def own_stack(redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) -> Iterator[Stack]:
-    url = redis_server.url.rsplit("/", 1)[0] + "/1"
-    running = Stack(url, mock_proxy.url, log_dir / "worker-loss")
-    try:
+@pytest.fixture(scope="module", params=BROKERS)
+def own_stack(
+    request: pytest.FixtureRequest, redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path
+) -> Iterator[Stack]:
+    amqp = request.param == "amqp"
+    url = redis_server.url.rsplit("/", 1)[0] + ("/3" if amqp else "/1")
+    with contextlib.ExitStack() as cleanup:
+        broker = cleanup.enter_context(rabbitmq_vhost()) if amqp else url
+        running = Stack(url, mock_proxy.url, log_dir / f"worker-loss-{request.param}", LLMQ_BROKER_URL=broker)
+        cleanup.callback(running.stop)
         running.start_api()
         yield running
-    finally:
-        running.stop()
 
 
 def broker_is_drained(stack: Stack, timeout_s: float = 10) -> bool:
     """Every message taken and acknowledged (an ack follows the job's last write by a moment)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        queued = sum(stack.redis.llen(name) for name in QUEUES_IN_ORDER)
-        if queued == 0 and stack.redis.hlen("unacked") == 0:
+        if pending_messages(stack.env["LLMQ_BROKER_URL"], stack.redis_url) == 0:
             return True
-        time.sleep(0.05)
+        time.sleep(0.1)
     return False
 
 
