@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from devstack.processes import ManagedProcess, mock_process
+from devstack.processes import ManagedProcess, flower_process, mock_process
 from devstack.redis_server import RedisServer, free_port
 from tests.brokers import BROKERS, rabbitmq_vhost
+from tests.flower import FLOWER_AUTH
 from tests.stack import MockProxy, Stack
 
 
@@ -64,6 +65,18 @@ def stack(broker_url: str, redis_server: RedisServer, mock_proxy: MockProxy, log
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "broker_url" in metafunc.fixturenames:
         metafunc.parametrize("broker_url", BROKERS, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def flower(stack: Stack, log_dir: Path) -> Iterator[str]:
+    """Flower on the shared stack's broker, behind basic auth, as the documented setup runs it."""
+    port = free_port()
+    env = {**stack.env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
+    process: ManagedProcess = flower_process(env, port, log_dir / "flower.log").start()
+    url = f"http://127.0.0.1:{port}"
+    process.wait_for_http(f"{url}/healthcheck")
+    yield url
+    process.stop()
 
 
 @pytest.fixture

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import pytest
 import redis
 
-from devstack.processes import ManagedProcess, flower_process
-from devstack.redis_server import RedisServer, free_port
+from devstack.redis_server import RedisServer
+from tests.flower import flower_tasks
 from tests.receiver import Receiver
 from tests.secrets_scan import count_values, leaks_in_logs, leaks_in_redis
 from tests.stack import CALLER_APP_KEY, CALLER_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_until
 from worker.webhooks import new_secret
-
-FLOWER_AUTH = ("ops", "flower-test-password")
 
 
 def every_database(url: str) -> list[str]:
@@ -28,27 +23,6 @@ def every_database(url: str) -> list[str]:
     finally:
         client.close()
     return [url.rsplit("/", 1)[0] + f"/{db}" for db in dbs]
-
-
-@pytest.fixture(scope="module")
-def flower(stack: Stack, log_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**stack.env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
-    process: ManagedProcess = flower_process(env, port, log_dir / "flower.log").start()
-    url = f"http://127.0.0.1:{port}"
-    process.wait_for_http(f"{url}/healthcheck")
-    yield url
-    process.stop()
-
-
-def flower_tasks(url: str, job_ids: set[str], timeout_s: float = 20) -> str:
-    """Flower's task list once it shows every given job (it learns of tasks from events)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = httpx2.get(f"{url}/api/tasks", auth=FLOWER_AUTH, timeout=5).text
-        if all(job_id in text for job_id in job_ids) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.2)
 
 
 def test_no_secret_anywhere_after_a_full_run(

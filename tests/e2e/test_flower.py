@@ -1,0 +1,35 @@
+"""Flower, started with authentication as documented, shows tasks with their states, RETRY included."""
+
+from __future__ import annotations
+
+import time
+
+import httpx2
+
+from tests.flower import FLOWER_AUTH
+from tests.stack import CALLER_APP_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_status
+
+
+def task_states(flower: str, job_id: str) -> set[str]:
+    tasks = httpx2.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
+    return {task["state"] for task in tasks.values() if job_id in (task.get("args") or "")}
+
+
+def test_flower_shows_retry_then_success(stack: Stack, mock_proxy: MockProxy, flower: str, model: str) -> None:
+    assert httpx2.get(f"{flower}/api/tasks", timeout=5).status_code == 401, "Flower's API needs a login"
+    mock_proxy.script(model, {"kind": "status", "status": 429, "headers": {"Retry-After": "3"}})
+    with stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        wait_status(client, job_id, "retrying")
+        deadline = time.monotonic() + 10
+        while "RETRY" not in task_states(flower, job_id):
+            assert time.monotonic() < deadline, "Flower never showed the task in RETRY"
+            time.sleep(0.1)
+        assert wait_finished(client, job_id)["status"] == "succeeded"
+    deadline = time.monotonic() + 10
+    while "SUCCESS" not in task_states(flower, job_id):
+        assert time.monotonic() < deadline, "Flower never showed the task's success"
+        time.sleep(0.1)
+    workers = httpx2.get(f"{flower}/api/workers", auth=FLOWER_AUTH, params={"refresh": "1"}, timeout=10)
+    assert workers.status_code == 200 and workers.json(), "Flower lists the running worker"
+    assert CALLER_APP_KEY not in workers.text
