@@ -69,7 +69,8 @@ class AsyncJobStore:
         """A failed (or gone) delivery starts over from its first attempt."""
         previous = await self._update_callback(
             keys=[keys.job(job_id)],
-            args=[",failed,gone,", "", "callback_status", "pending", "callback_attempts", "0", "callback_next_at", "0"],
+            args=[",failed,gone,", "", "callback_status", "pending", "callback_attempts", "0", "callback_next_at", "0",
+                  "callback_lease_until", "0"],
         )
         return bool(previous)
 

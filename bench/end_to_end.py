@@ -124,7 +124,7 @@ def run_end_to_end(stack: BenchStack, n: int, latency_ms: int, concurrency: int)
         "worker_cpu_util": cpu_used / elapsed,
         "redis_commands_per_job": stats.total_calls / n,
         "redis_usec_per_job": stats.total_usec / n,
-        "redis_top_commands": [(name, round(calls / n, 2)) for name, calls in stats.top(10)],
+        "redis_top_commands": [(name, round(count / n, 2)) for name, count in stats.top(10)],
     }
 
 

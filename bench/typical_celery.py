@@ -13,17 +13,11 @@ import httpx2
 from celery import Celery
 
 ENV_URL = "TYPICAL_CELERY_REDIS_URL"
+# Without the variable: a port where nothing listens, never the machine's shared Redis.
+REDIS_URL = os.environ.get(ENV_URL, "redis://127.0.0.1:1/0")
 
-app = Celery("typical")
-
-
-def configure(redis_url: str) -> Celery:
-    app.conf.update(broker_url=redis_url, result_backend=redis_url, broker_connection_retry_on_startup=True)
-    return app
-
-
-if os.environ.get(ENV_URL):
-    configure(os.environ[ENV_URL])
+app = Celery("typical", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.broker_connection_retry_on_startup = True
 
 
 @app.task

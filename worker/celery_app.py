@@ -35,6 +35,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # visibility_timeout_s plus up to this long.
             "unacked_restore_interval": settings.redelivery_check_s,
             "unacked_restore_throttle": 1,
+            # A restore lock left behind by a Redis outage must not hold redelivery up for long.
+            "unacked_mutex_expire": 60,
         },
         # Calls are long: take only as many messages as there are free slots.
         "worker_prefetch_multiplier": 1,

@@ -16,6 +16,7 @@ import redis
 
 from worker import metrics
 from worker.errors import UpstreamError
+from worker.flow_control import MAX_WAIT_S, FlowControl, Wait
 from worker.job_store import Claim, JobStore
 from worker.key_vault import InvalidToken, KeyVault, vault_for
 from worker.retry_policy import RetryPolicy, next_delay
@@ -35,10 +36,16 @@ class Runtime:
     upstream: UpstreamClient
     vault: KeyVault
     policy: RetryPolicy
+    flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
 
     @property
     def lease_s(self) -> float:
-        return self.settings.connect_timeout_s + self.settings.read_timeout_s + LEASE_MARGIN_S
+        return call_lease_s(self.settings)
+
+
+def call_lease_s(settings: Settings) -> float:
+    """How long a call may hold its job (and its concurrency slots) before it counts as lost."""
+    return settings.connect_timeout_s + settings.read_timeout_s + LEASE_MARGIN_S
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -53,6 +60,15 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def flow_control_for(settings: Settings, client: redis.Redis) -> FlowControl | None:
+    """The shared limits, or None when none is configured."""
+    if not settings.flow_limits.enabled:
+        return None
+    # A held job's message waits in its worker until the countdown: far below the visibility timeout.
+    max_wait_s = min(MAX_WAIT_S, settings.visibility_timeout_s / 10)
+    return FlowControl(client, settings.flow_limits, call_lease_s(settings), max_wait_s)
+
+
 @functools.lru_cache(maxsize=1)
 def runtime() -> Runtime:
     settings = get_settings()
@@ -64,6 +80,7 @@ def runtime() -> Runtime:
         upstream=client_for(settings),
         vault=vault_for(settings.server_secret),
         policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
+        flow=flow_control_for(settings, client),
     )
 
 
@@ -75,6 +92,7 @@ class Outcome:
     error: dict[str, Any] | None = None  # the job failed for good with this error
     skipped: str | None = None  # nothing to do (finished, cancelled, or gone)
     notify: bool = False  # the job is finished and has a callback to deliver
+    held_by: str | None = None  # a flow-control limit held the job back: no attempt was spent
 
 
 def attempt_record(
@@ -116,6 +134,33 @@ def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, messag
 
 
 def run_attempt(rt: Runtime, job_id: str) -> Outcome:
+    if rt.flow is None:
+        return _claim_and_call(rt, job_id)
+    # Before the claim, so a job held back keeps its status and attempt count.
+    gate = rt.flow.admit(job_id)
+    if isinstance(gate, Wait):
+        metrics.FLOW_CONTROL_WAITS.labels(gate.limit, gate.scope).inc()
+        countdown = gate.countdown_s(rt.flow.max_wait_s)
+        log.debug("held by the %s %s limit for %.2fs", gate.scope, gate.limit, countdown, extra={"job_id": job_id})
+        return Outcome(retry_in_s=countdown, held_by=gate.limit)
+    try:
+        return _claim_and_call(rt, job_id)
+    finally:
+        rt.flow.release(gate)
+
+
+def _cool_down(rt: Runtime, claim: Claim, err: UpstreamError) -> None:
+    """After a 429, pause the model and the app for as long as the proxy asked (capped)."""
+    if rt.flow is None or err.status_code != 429:
+        return
+    seconds = err.retry_after_s if err.retry_after_s is not None else rt.policy.base_delay_s
+    try:
+        rt.flow.cool_down(claim.model, claim.app_id, min(seconds, rt.policy.retry_after_cap_s))
+    except redis.RedisError as err_:
+        log.warning("cooldown not recorded: %s", err_, extra={"model": claim.model})
+
+
+def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     claim = rt.store.claim(job_id, rt.lease_s)
     if claim.state == "leased":
         # Another delivery holds this job; look again when its lease runs out.
@@ -152,6 +197,7 @@ def run_attempt(rt: Runtime, job_id: str) -> Outcome:
             else:
                 result = rt.upstream.complete(base_url, key, claim.request)
     except UpstreamError as err:
+        _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
         record = attempt_record(claim, started, err, delay, err.status_code)
         metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)

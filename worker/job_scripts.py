@@ -97,6 +97,24 @@ if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 return current
 """
 
+# KEYS: job
+# ARGV: now, lease_until
+# Takes a finished job's webhook delivery for one attempt, so that two delivery tasks for the
+# same job (a redelivered message, a cancel racing a worker) never both send it.
+# Returns {'claimed', attempts_made} | {'not_due', next_at} | {'none', callback_status}
+CLAIM_DELIVERY = """
+local f = redis.call('HMGET', KEYS[1], 'status', 'callback_status', 'callback_lease_until', 'callback_next_at',
+  'callback_attempts')
+local status, cs = f[1], f[2] or ''
+if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then return {'none', cs} end
+local now = tonumber(ARGV[1])
+local open = cs == 'pending' or cs == 'retrying' or (cs == 'delivering' and tonumber(f[3] or '0') < now)
+if not open then return {'none', cs} end
+if tonumber(f[4] or '0') > now then return {'not_due', f[4]} end
+redis.call('HSET', KEYS[1], 'callback_status', 'delivering', 'callback_lease_until', ARGV[2])
+return {'claimed', f[5] or '0'}
+"""
+
 # The stream's length bound lives in worker.keys with the key names.
 SUBMIT, CLAIM, TRANSITION = (
     script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)) for script in (SUBMIT, CLAIM, TRANSITION)

@@ -41,6 +41,7 @@ class JobStore:
         self._claim = client.register_script(job_scripts.CLAIM)
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
+        self._claim_delivery = client.register_script(job_scripts.CLAIM_DELIVERY)
 
     def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
         now = time.time() if now is None else now
@@ -141,6 +142,11 @@ class JobStore:
                 payload["finish_reason"] = delta.finish_reason
             pipe.xadd(keys.job_events(job_id), {"e": dumps(payload)}, maxlen=keys.EVENTS_MAXLEN, approximate=True)
         pipe.execute()
+
+    def claim_delivery(self, job_id: str, now: float, lease_s: float) -> tuple[str, str]:
+        """('claimed', attempts made so far) | ('not_due', next_at) | ('none', callback status)."""
+        state, detail = self._claim_delivery(keys=[keys.job(job_id)], args=[repr(now), repr(now + lease_s)])
+        return state, detail
 
     def update_callback(
         self, job_id: str, allowed: tuple[str, ...], delivery: dict[str, Any] | None = None, **fields: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 PREFIX = "llmq"
 
@@ -38,3 +39,15 @@ def idempotency(owner: str, idempotency_key: str) -> str:
     """The job created first for one caller's Idempotency-Key (hashed: the header is caller data)."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
     return f"{PREFIX}:idem:{owner}:{digest}"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,100}")
+
+
+def flow(kind: str, scope: str, name: str) -> str:
+    """Flow-control state shared by all workers: `kind` concurrency | rpm | cooldown, `scope` model | app.
+
+    Model names are caller data: kept readable when they are plain, hashed otherwise.
+    """
+    part = name if _PLAIN_NAME.fullmatch(name) else "#" + hashlib.sha256(name.encode()).hexdigest()[:32]
+    return f"{PREFIX}:flow:{kind}:{scope}:{part}"

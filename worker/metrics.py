@@ -24,3 +24,8 @@ WEBHOOK_DELIVERIES = Counter("llmq_webhook_deliveries", "Webhook delivery attemp
 TOKENS = Counter(
     "llmq_tokens", "Tokens reported by the proxy's usage, by model and app id.", ["model", "app_id", "kind"]
 )
+FLOW_CONTROL_WAITS = Counter(
+    "llmq_flow_control_waits",
+    "Times a job was held back before its call by a shared limit (concurrency, rpm, cooldown) of a model or app.",
+    ["limit", "scope"],
+)

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.callback_guard import AllowList
+from worker.flow_control import FlowLimits, LimitTable
 from worker.platform_key import check_composite_key
 from worker.webhooks import check_secret, parse_schedule
 
@@ -89,6 +90,13 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(60, gt=0, description="How often one worker looks for stuck jobs.")
     redelivery_check_s: int = Field(10, ge=1, description="How often workers look for a lost worker's jobs.")
 
+    # Flow control shared by all workers (off unless set): 'NAME=LIMIT,...', '*' for any other name.
+    model_concurrency: str | None = Field(None, description="Proxy calls in flight at once per model.")
+    app_concurrency: str | None = Field(None, description="Proxy calls in flight at once per app id.")
+    model_rpm: str | None = Field(None, description="Proxy calls started per minute per model.")
+    app_rpm: str | None = Field(None, description="Proxy calls started per minute per app id.")
+    cooldown_on_429: bool = Field(False, description="After a 429, pause the model and the app for its Retry-After.")
+
     # Webhooks.
     webhook_secret: SecretStr | None = Field(
         None, description="Service-wide signing secret, 'whsec_<base64>', for jobs without their own."
@@ -136,6 +144,22 @@ class Settings(BaseSettings):
     def _allow(cls, value: str | None) -> str | None:
         AllowList.parse(value)
         return value
+
+    @field_validator("model_concurrency", "app_concurrency", "model_rpm", "app_rpm")
+    @classmethod
+    def _limits(cls, value: str | None) -> str | None:
+        LimitTable.parse(value)
+        return value
+
+    @functools.cached_property
+    def flow_limits(self) -> FlowLimits:
+        return FlowLimits(
+            model_concurrency=LimitTable.parse(self.model_concurrency),
+            app_concurrency=LimitTable.parse(self.app_concurrency),
+            model_rpm=LimitTable.parse(self.model_rpm),
+            app_rpm=LimitTable.parse(self.app_rpm),
+            cooldown_on_429=self.cooldown_on_429,
+        )
 
     @property
     def webhook_schedule(self) -> tuple[float, ...]:

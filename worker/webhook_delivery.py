@@ -19,13 +19,13 @@ from worker import metrics
 from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.job_runner import Runtime
 from worker.job_view import job_json
-from worker.jobs import TERMINAL
 from worker.key_vault import InvalidToken
 from worker.keys import job as job_key
 from worker.webhooks import build_event, deliver, make_client, next_delay_s, signed_headers, webhook_id
 
 log = logging.getLogger("llmq.webhooks")
-OPEN = ("pending", "retrying")
+HELD = ("delivering",)  # what a claimed delivery may be moved on from
+DELIVERY_LEASE_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,15 @@ def signing_secret(rt: Runtime, fields: dict[str, str]) -> str | None:
 
 
 def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
-    fields = rt.redis.hgetall(job_key(job_id))
-    if not fields or fields.get("status") not in TERMINAL or fields.get("callback_status") not in OPEN:
-        return DeliveryStep(outcome="nothing to deliver")
     now = time.time()
-    due = float(fields.get("callback_next_at") or 0)
-    if due > now:
-        return DeliveryStep(again_in_s=min(due - now, max_hold_s(rt)), outcome="not yet due")
-
-    n = int(fields.get("callback_attempts") or 0) + 1
+    lease_s = rt.settings.webhook_timeout_s + DELIVERY_LEASE_MARGIN_S
+    state, detail = rt.store.claim_delivery(job_id, now, lease_s)
+    if state == "not_due":
+        return DeliveryStep(again_in_s=min(float(detail) - now, max_hold_s(rt)), outcome="not yet due")
+    if state != "claimed":
+        return DeliveryStep(outcome=f"nothing to deliver ({detail or 'no callback'})")
+    n = int(detail) + 1
+    fields = rt.redis.hgetall(job_key(job_id))
     url = json.loads(fields["callback"])["url"]
     extra = {"job_id": job_id, "attempt": n}
     try:
@@ -73,7 +73,7 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
     except (CallbackRefused, InvalidToken) as err:
         reason = str(err) if isinstance(err, CallbackRefused) else "the job's callback secret cannot be decrypted"
         record = {"n": n, "at": now, "status_code": None, "error": f"refused: {reason}", "duration_ms": 0.0}
-        rt.store.update_callback(job_id, OPEN, record, callback_status="failed", callback_attempts=str(n))
+        rt.store.update_callback(job_id, HELD, record, callback_status="failed", callback_attempts=str(n))
         log.warning("callback refused: %s", reason, extra=extra)
         metrics.WEBHOOK_DELIVERIES.labels("refused").inc()
         return DeliveryStep(outcome="refused")
@@ -84,19 +84,18 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
     record = result.to_record(n, now)
     if result.ok or result.gone:
         status = "delivered" if result.ok else "gone"
-        rt.store.update_callback(job_id, OPEN, record, callback_status=status, callback_attempts=str(n))
+        rt.store.update_callback(job_id, HELD, record, callback_status=status, callback_attempts=str(n))
         log.info("callback %s", status, extra={**extra, "status_code": result.status_code})
         metrics.WEBHOOK_DELIVERIES.labels(status).inc()
         return DeliveryStep(outcome=status)
     delay = next_delay_s(n, rt.settings.webhook_schedule)
     if delay is None:
-        rt.store.update_callback(job_id, OPEN, record, callback_status="failed", callback_attempts=str(n))
+        rt.store.update_callback(job_id, HELD, record, callback_status="failed", callback_attempts=str(n))
         log.warning("callback failed for good after %d attempts", n, extra={**extra, "status_code": result.status_code})
         metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
         return DeliveryStep(outcome="failed")
-    rt.store.update_callback(job_id, OPEN, record, callback_status="retrying", callback_attempts=str(n),
+    rt.store.update_callback(job_id, HELD, record, callback_status="retrying", callback_attempts=str(n),
                              callback_next_at=repr(now + delay))
     log.info("callback attempt failed; next in %gs", delay, extra={**extra, "status_code": result.status_code})
     metrics.WEBHOOK_DELIVERIES.labels("retrying").inc()
     return DeliveryStep(again_in_s=min(delay, max_hold_s(rt)), outcome="retrying")
-

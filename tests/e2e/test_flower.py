@@ -17,11 +17,12 @@ def task_states(flower: str, job_id: str) -> set[str]:
 
 def test_flower_shows_retry_then_success(stack: Stack, mock_proxy: MockProxy, flower: str, model: str) -> None:
     assert httpx2.get(f"{flower}/api/tasks", timeout=5).status_code == 401, "Flower's API needs a login"
-    mock_proxy.script(model, {"kind": "status", "status": 429, "headers": {"Retry-After": "3"}})
+    # Two long Retry-Afters keep the task in RETRY for ~10 s, long enough to see on a busy machine.
+    mock_proxy.script(model, *[{"kind": "status", "status": 429, "headers": {"Retry-After": "5"}}] * 2)
     with stack.client() as client:
         job_id = submit(client, chat(model))["id"]
         wait_status(client, job_id, "retrying")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 9
         while "RETRY" not in task_states(flower, job_id):
             assert time.monotonic() < deadline, "Flower never showed the task in RETRY"
             time.sleep(0.1)
