@@ -17,6 +17,9 @@ run: $(STAMP)  ## the whole service on this machine (Redis and the mock proxy st
 test: $(STAMP)  ## the test-suite, on real Redis, workers and HTTP servers
 	$(VENV)/bin/pytest
 
+bench: $(STAMP)  ## the performance benchmark: prints its table (BENCH_ARGS=--quick for a short run)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy api worker devstack

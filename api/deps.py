@@ -1,4 +1,7 @@
-"""Shared dependencies of the routes, as named `Annotated` aliases."""
+"""Shared dependencies of the routes, as named `Annotated` aliases.
+
+All `async def`: they do no blocking work, and FastAPI would otherwise hop to a thread for each.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +17,15 @@ from worker.platform_key import check_composite_key
 from worker.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> AsyncJobStore:
+async def get_store(request: Request) -> AsyncJobStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_vault(request: Request) -> KeyVault:
+async def get_vault(request: Request) -> KeyVault:
     return request.app.state.vault  # type: ignore[no-any-return]
 
 
@@ -43,7 +46,7 @@ class Caller:
         return app_id_of(self.key)
 
 
-def get_caller(
+async def get_caller(
     settings: SettingsDep,
     vault: VaultDep,
     authorization: Annotated[

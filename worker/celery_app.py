@@ -48,7 +48,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "accept_content": ["json"],
         # Flower sees every task, its retries and its outcome.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # One more broker round trip per submission, for a PENDING state Flower can do without.
+        "task_send_sent_event": settings.task_sent_events,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "worker_hijack_root_logger": False,

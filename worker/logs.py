@@ -50,4 +50,7 @@ def configure_logging(log_format: str, level: str) -> None:
     root.setLevel(level.upper())
     # httpx2 logs every request at INFO; keep it for debugging only.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # Celery's own per-task lines ("received", "succeeded in") repeat what llmq's attempt lines say.
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
         9808, ge=0, le=65535, description="Port of a worker's Prometheus endpoint (0: none)."
     )
 
+    task_sent_events: bool = Field(
+        False, description="Also publish a task-sent event per job from the API (workers' task events are always on)."
+    )
+
     # Flower.
     flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower's basic auth.")
 

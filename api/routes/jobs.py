@@ -40,7 +40,7 @@ async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dic
     return fields
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
