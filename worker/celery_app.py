@@ -78,9 +78,9 @@ def _start_sweeper(**_: object) -> None:
     global _sweeper
     from worker.job_runner import runtime  # imported late: the tasks module imports this one
     from worker.sweeper import Sweeper
-    from worker.tasks import enqueue
+    from worker.tasks import enqueue, enqueue_delivery
 
-    _sweeper = Sweeper(runtime(), enqueue)
+    _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery)
     _sweeper.start()
 
 

@@ -43,7 +43,10 @@ def overdue(fields: dict[str, str], now: float, visibility_s: float, stuck_after
     return False
 
 
-def sweep(rt: Runtime, publish: Publish, now: float | None = None) -> SweepReport:
+def sweep(
+    rt: Runtime, publish: Publish, now: float | None = None, notify: Callable[[str], None] = lambda _: None
+) -> SweepReport:
+    """Publish overdue jobs again; fail (and `notify` the callbacks of) those that never move."""
     now = time.time() if now is None else now
     settings = rt.settings
     horizon = now - min(settings.visibility_timeout_s, settings.stuck_after_s)
@@ -64,6 +67,7 @@ def sweep(rt: Runtime, publish: Publish, now: float | None = None) -> SweepRepor
                      f"again {requeues} times without progress", "status_code": None, "body_excerpt": None}
             if rt.store.fail_unfinished(job_id, error):
                 report.failed.append(job_id)
+                notify(job_id)
             continue
         pipe = rt.redis.pipeline(transaction=False)
         pipe.hincrby(keys.job(job_id), "requeues", 1)
@@ -77,10 +81,11 @@ def sweep(rt: Runtime, publish: Publish, now: float | None = None) -> SweepRepor
 
 
 class Sweeper(threading.Thread):
-    def __init__(self, rt: Runtime, publish: Publish) -> None:
+    def __init__(self, rt: Runtime, publish: Publish, notify: Callable[[str], None]) -> None:
         super().__init__(name="llmq-sweeper", daemon=True)
         self.rt = rt
         self.publish = publish
+        self.notify = notify
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -88,7 +93,7 @@ class Sweeper(threading.Thread):
         while not self.stopping.wait(interval * random.uniform(0.8, 1.2)):
             try:
                 if self.rt.redis.set(keys.SWEEPER_LOCK, "1", nx=True, ex=max(int(interval), 1)):
-                    sweep(self.rt, self.publish)
+                    sweep(self.rt, self.publish, notify=self.notify)
             except Exception:  # a sweep must never take the worker down; the next one tries again
                 log.exception("sweep failed")
 

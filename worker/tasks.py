@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -12,6 +13,8 @@ from worker import keys
 from worker.celery_app import app
 from worker.job_runner import run_attempt, runtime
 from worker.webhook_delivery import run_delivery
+
+log = logging.getLogger("llmq.worker")
 
 
 class JobFailed(Exception):
@@ -26,6 +29,14 @@ def call_proxy(self: Task, job_id: str) -> str:
     except redis.RedisError as err:
         # Job storage is unreachable: hand the message back rather than lose track of the job.
         raise Reject(f"job storage unavailable ({type(err).__name__})", requeue=True) from err
+    except Exception as err:
+        # A fault of llmq's own: say so on the job at once rather than leave it running for the sweeper.
+        log.exception("attempt crashed", extra={"job_id": job_id})
+        error = {"type": "internal_error", "message": f"llmq failed while running this job ({type(err).__name__})",
+                 "status_code": None, "body_excerpt": None}
+        if runtime().store.fail_unfinished(job_id, error):
+            enqueue_delivery(job_id)
+        raise
     if outcome.notify:
         enqueue_delivery(job_id)
     if outcome.retry_in_s is not None:

@@ -68,8 +68,10 @@ def test_what_is_published_again(
 
 def test_a_job_that_never_moves_is_failed_with_a_clear_error(rt: Runtime) -> None:
     job_id = make_job(rt, "running", 2000, lease_until=repr(NOW - VISIBILITY - 1), requeues=str(MAX_REQUEUES))
-    report = sweep(rt, lambda *args: None, now=NOW)
+    notified: list[str] = []
+    report = sweep(rt, lambda *args: None, now=NOW, notify=notified.append)
     assert report.failed == [job_id]
+    assert notified == [job_id], "its callback (if any) is told"
     job = rt.store.get(job_id)
     assert job is not None and job["status"] == "failed"
     assert job["error"]["type"] == "stuck"
