@@ -10,9 +10,20 @@ from tests.flower import FLOWER_AUTH
 from tests.stack import CALLER_APP_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_status
 
 
-def task_states(flower: str, job_id: str) -> set[str]:
+def job_tasks(flower: str, job_id: str) -> list[dict]:  # type: ignore[type-arg]
     tasks = httpx2.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
-    return {task["state"] for task in tasks.values() if job_id in (task.get("args") or "")}
+    return [task for task in tasks.values() if job_id in (task.get("args") or "")]
+
+
+def task_states(flower: str, job_id: str) -> set[str]:
+    """The states Flower shows for the job's task. A retried task reads RETRY only until the worker takes its
+    next delivery (at once, to hold it for its countdown); its `retried` timestamp stays."""
+    states = set()
+    for task in job_tasks(flower, job_id):
+        states.add(task["state"])
+        if task.get("retried"):
+            states.add("RETRY")
+    return states
 
 
 def test_flower_shows_retry_then_success(stack: Stack, mock_proxy: MockProxy, flower: str, model: str) -> None:
@@ -31,6 +42,8 @@ def test_flower_shows_retry_then_success(stack: Stack, mock_proxy: MockProxy, fl
     while "SUCCESS" not in task_states(flower, job_id):
         assert time.monotonic() < deadline, "Flower never showed the task's success"
         time.sleep(0.1)
+    (task,) = job_tasks(flower, job_id)
+    assert task["retries"] == 2 and task["retried"], "Flower counts both retries"
     workers = httpx2.get(f"{flower}/api/workers", auth=FLOWER_AUTH, params={"refresh": "1"}, timeout=10)
     assert workers.status_code == 200 and workers.json(), "Flower lists the running worker"
     assert CALLER_APP_KEY not in workers.text
