@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from worker import job_scripts, keys
 from worker.jobs import TERMINAL, UNFINISHED, NewJob, dumps, public_view, state_event
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job to record; with `queue` and `message`, its broker message is pushed in the same script."""
+
+    job: NewJob
+    idempotency_key: str | None = None
+    queue: str | None = None
+    message: str = ""
 
 
 class AsyncJobStore:
@@ -22,35 +33,34 @@ class AsyncJobStore:
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
 
-    async def submit(self, job: NewJob, idempotency_key: str | None) -> str:
-        """Record a new job (or find the one this idempotency key created); returns its id."""
+    def _submit_call(self, submission: Submission) -> dict[str, Any]:
+        job, idempotency_key = submission.job, submission.idempotency_key
         idem = keys.idempotency(job.owner, idempotency_key) if idempotency_key else ""
         pairs = [item for pair in job.to_fields().items() for item in pair]
-        return await self._submit(  # type: ignore[no-any-return]
-            keys=[keys.job(job.id), keys.job_events(job.id), keys.ACTIVE_JOBS, idem],
-            args=[self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id, *pairs],
-        )
+        return {
+            "keys": [keys.job(job.id), keys.job_events(job.id), keys.ACTIVE_JOBS, idem, submission.queue or ""],
+            "args": [self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id,
+                     submission.message, *pairs],
+        }
 
-    async def submit_many(self, jobs: list[tuple[NewJob, str | None]]) -> list[str]:
-        """Record many jobs in one round trip; the id that answers for each (earlier ones on replay)."""
+    async def submit_many(self, submissions: list[Submission]) -> list[str]:
+        """Record jobs (and push their messages, when given) in one round trip.
+
+        Returns the id that answers for each: its own, or on an idempotent replay the earlier job's."""
         pipe = self.redis.pipeline(transaction=False)
-        for job, idempotency_key in jobs:
-            idem = keys.idempotency(job.owner, idempotency_key) if idempotency_key else ""
-            pairs = [item for pair in job.to_fields().items() for item in pair]
-            await self._submit(
-                keys=[keys.job(job.id), keys.job_events(job.id), keys.ACTIVE_JOBS, idem],
-                args=[self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id, *pairs],
-                client=pipe,
-            )
+        for submission in submissions:
+            await self._submit(**self._submit_call(submission), client=pipe)
         return await pipe.execute()  # type: ignore[no-any-return]
 
-    async def forget(self, job: NewJob, idempotency_key: str | None) -> None:
-        """Undo a submission whose message could not be published."""
+    async def forget(self, submissions: list[Submission]) -> None:
+        """Undo submissions whose messages could not be published."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(keys.job(job.id), keys.job_events(job.id))
-        pipe.zrem(keys.ACTIVE_JOBS, job.id)
-        if idempotency_key:
-            pipe.delete(keys.idempotency(job.owner, idempotency_key))
+        for submission in submissions:
+            job = submission.job
+            pipe.delete(keys.job(job.id), keys.job_events(job.id))
+            pipe.zrem(keys.ACTIVE_JOBS, job.id)
+            if submission.idempotency_key:
+                pipe.delete(keys.idempotency(job.owner, submission.idempotency_key))
         await pipe.execute()
 
     async def fields(self, job_id: str) -> dict[str, str]:

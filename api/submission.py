@@ -9,11 +9,16 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Caller
 from api.errors import ApiError
+from api.job_store import AsyncJobStore, Submission
 from api.schemas import JobCreate
+from worker import keys
+from worker.broker_message import call_proxy_message
 from worker.callback_guard import CallbackRefused, resolve_and_check
+from worker.celery_app import app as celery_app
 from worker.jobs import NewJob, new_job_id
 from worker.key_vault import KeyVault
 from worker.settings import Settings
+from worker.tasks import enqueue_many
 from worker.webhooks import check_secret
 
 
@@ -75,3 +80,31 @@ def build_job(
         callback={"url": body.callback_url} if body.callback_url else None,
         callback_secret_token=vault.encrypt(body.callback_secret) if body.callback_secret else None,
     )
+
+
+async def record_and_queue(
+    store: AsyncJobStore, jobs: list[tuple[NewJob, str | None]], settings: Settings
+) -> list[str]:
+    """Record jobs and queue them; the id answering for each (an earlier job's on an idempotent replay).
+
+    With the broker on the job Redis, one script does both, atomically. Otherwise the jobs are recorded,
+    then published through Celery; if that fails they are forgotten and the caller gets 503."""
+    if settings.effective_broker_url == settings.redis_url:
+        queues = [keys.QUEUE_BY_PRIORITY[job.priority] for job, _ in jobs]
+        return await store.submit_many([
+            Submission(job, idem, queue=queue, message=call_proxy_message(celery_app, job.id, job.model, queue))
+            for (job, idem), queue in zip(jobs, queues, strict=True)
+        ])
+    submissions = [Submission(job, idem) for job, idem in jobs]
+    ids = await store.submit_many(submissions)
+    fresh = [s for s, job_id in zip(submissions, ids, strict=True) if job_id == s.job.id]
+    try:
+        if fresh:
+            await run_in_threadpool(
+                enqueue_many, [(s.job.id, s.job.model, keys.QUEUE_BY_PRIORITY[s.job.priority]) for s in fresh]
+            )
+    except Exception as err:
+        await store.forget(fresh)
+        raise ApiError(503, "unavailable", f"The job could not be queued ({type(err).__name__}); "
+                                           "nothing was kept, submit it again shortly.") from err
+    return ids

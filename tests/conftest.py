@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# The test process imports the worker's modules (Celery app, settings) as a developer's shell would; the
+# stacks it starts get full settings of their own (tests.stack.test_env).
+os.environ.setdefault("LLMQ_DEV_MODE", "1")
+
 from devstack.processes import ManagedProcess, flower_process, mock_process
 from devstack.redis_server import RedisServer, free_port
 from tests.brokers import BROKERS, rabbitmq_vhost

@@ -8,20 +8,21 @@ redelivered message for a finished job therefore finds nothing to do.
 
 from worker.keys import EVENTS_MAXLEN
 
-# KEYS: job, events, active, idempotency ('' for none)
-# ARGV: ttl_s, now, event_json, job_id, field, value, ...
+# KEYS: job, events, active, idempotency ('' for none), broker queue ('' to publish separately)
+# ARGV: ttl_s, now, event_json, job_id, broker message, field, value, ...
 # Returns the id of the job that answers for this submission (an earlier one on replay).
 SUBMIT = """
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return existing end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1]) end
+if KEYS[5] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[5]) end
 return ARGV[4]
 """
 

@@ -6,16 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SettingsDep, StoreDep, VaultDep
 from api.errors import ApiError
 from api.routes.jobs import ERRORS, require_json
 from api.schemas import BatchCreate, BatchItem, BatchItemResult, BatchResult
-from api.submission import build_job, check_callback, check_limits
-from worker import keys, metrics
+from api.submission import build_job, check_callback, check_limits, record_and_queue
+from worker import metrics
 from worker.jobs import NewJob
-from worker.tasks import enqueue_many
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -48,17 +46,7 @@ async def submit_batch(
         job = build_job(item, caller, settings, vault, key_token=key_token)
         accepted.append((index, job, item.idempotency_key))
 
-    ids = await store.submit_many([(job, idem) for _, job, idem in accepted]) if accepted else []
-    fresh = [(job.id, job.model, keys.QUEUE_BY_PRIORITY[job.priority])
-             for (_, job, _), job_id in zip(accepted, ids, strict=True) if job_id == job.id]
-    if fresh:
-        try:
-            await run_in_threadpool(enqueue_many, fresh)
-        except Exception as err:
-            for _, job, idem in accepted:
-                await store.forget(job, idem)
-            raise ApiError(503, "unavailable", f"The jobs could not be queued ({type(err).__name__}); "
-                                               "nothing was kept, submit the batch again shortly.") from err
+    ids = await record_and_queue(store, [(job, idem) for _, job, idem in accepted], settings) if accepted else []
     for (index, job, _), job_id in zip(accepted, ids, strict=True):
         replayed = job_id != job.id
         results.append(BatchItemResult(index=index, id=job_id, status=None if replayed else "queued",

@@ -12,10 +12,10 @@ from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
 from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
-from api.submission import build_job, check_callback, check_limits
-from worker import keys, metrics
+from api.submission import build_job, check_callback, check_limits, record_and_queue
+from worker import metrics
 from worker.jobs import TERMINAL, public_view
-from worker.tasks import enqueue, enqueue_delivery
+from worker.tasks import enqueue_delivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -72,18 +72,12 @@ async def submit_job(
     check_limits(body, settings)
     await check_callback(body, settings)
     job = build_job(body, caller, settings, vault)
-    job_id = await store.submit(job, idempotency_key)
+    (job_id,) = await record_and_queue(store, [(job, idempotency_key)], settings)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     if job_id != job.id:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
         return public_view(await owned_fields(store, job_id, caller))
-    try:
-        await run_in_threadpool(enqueue, job.id, job.model, keys.QUEUE_BY_PRIORITY[job.priority])
-    except Exception as err:
-        await store.forget(job, idempotency_key)
-        raise ApiError(503, "unavailable", f"The job could not be queued ({type(err).__name__}); "
-                                           "nothing was kept, submit it again shortly.") from err
     metrics.JOBS_SUBMITTED.labels(job.priority, job.environment).inc()
     return public_view(job.to_fields())
 
