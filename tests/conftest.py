@@ -57,7 +57,8 @@ def stack(broker_url: str, redis_server: RedisServer, mock_proxy: MockProxy, log
     """API and one worker, shared by the end-to-end tests that can share them (job records in db 0 or 2)."""
     amqp = broker_url.startswith("amqp://")
     records = redis_server.url.rsplit("/", 1)[0] + ("/2" if amqp else "/0")
-    running = Stack(records, mock_proxy.url, log_dir / ("main-amqp" if amqp else "main"), LLMQ_BROKER_URL=broker_url)
+    running = Stack(records, mock_proxy.url, log_dir / ("main-amqp" if amqp else "main"), LLMQ_BROKER_URL=broker_url,
+                    LLMQ_WORKER_METRICS_PORT=str(free_port()))
     try:
         running.start_api()
         running.start_worker()

@@ -21,6 +21,7 @@ from worker.job_store import Claim, JobStore
 from worker.key_vault import InvalidToken, KeyVault, vault_for
 from worker.retry_policy import RetryPolicy, next_delay
 from worker.settings import Settings, get_settings
+from worker.streaming import Delta
 from worker.upstream import UpstreamClient, client_for
 
 log = logging.getLogger("llmq.worker")
@@ -113,6 +114,11 @@ def attempt_record(
     return record
 
 
+def publish_deltas(rt: Runtime, job_id: str, claim: Claim, deltas: list[Delta]) -> None:
+    rt.store.append_deltas(job_id, claim.attempt, deltas)
+    metrics.STREAM_DELTAS.labels(claim.model).inc(len(deltas))
+
+
 def count_tokens(claim: Claim, result: dict[str, Any]) -> None:
     usage = result.get("usage")
     if not isinstance(usage, dict):
@@ -192,7 +198,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             if claim.request.get("stream"):
                 result = rt.upstream.stream(
                     base_url, key, claim.request,
-                    on_delta=lambda deltas: rt.store.append_deltas(job_id, claim.attempt, deltas),
+                    on_delta=lambda deltas: publish_deltas(rt, job_id, claim, deltas),
                 )
             else:
                 result = rt.upstream.complete(base_url, key, claim.request)

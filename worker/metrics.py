@@ -19,6 +19,9 @@ UPSTREAM_LATENCY = Histogram(
     ["model", "status_code"],
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300),
 )
+STREAM_DELTAS = Counter(
+    "llmq_stream_deltas", "Content deltas of streaming calls published to live listeners, by model.", ["model"]
+)
 RETRIES = Counter("llmq_retries", "Attempts that will be retried, by reason.", ["reason"])
 WEBHOOK_DELIVERIES = Counter("llmq_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"])
 TOKENS = Counter(

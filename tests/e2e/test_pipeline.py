@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import httpx2
 import pytest
 
 from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished
@@ -100,6 +101,28 @@ def test_another_key_gets_404_everywhere(stack: Stack, model: str) -> None:
         assert other.get(f"/v1/jobs/{job_id}", params={"wait": 1}).status_code == 404
         assert other.delete(f"/v1/jobs/{job_id}").status_code == 404
         assert owner.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def test_metrics_carry_no_job_id_and_no_key(stack: Stack, model: str) -> None:
+    with stack.client() as client:
+        job_id = wait_finished(client, submit(client, chat(model))["id"])["id"]
+        text = client.get("/metrics").text
+    assert "llmq_jobs_submitted_total" in text and "llmq_queue_depth" in text
+    assert job_id not in text
+    assert CALLER_KEY.split(":")[1] not in text
+
+
+def test_worker_metrics_count_calls_and_tokens(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "status", "status": 500})
+    with stack.client() as client:
+        wait_finished(client, submit(client, chat(model, "count these words"))["id"])
+    text = httpx2.get(f"http://127.0.0.1:{stack.env['LLMQ_WORKER_METRICS_PORT']}/metrics", timeout=5).text
+    labels = f'model="{model}"'
+    assert f'llmq_upstream_request_duration_seconds_count{{{labels},status_code="500"}} 1.0' in text
+    assert f'llmq_upstream_request_duration_seconds_count{{{labels},status_code="200"}} 1.0' in text
+    assert f'llmq_tokens_total{{app_id="7788",kind="completion",{labels}}}' in text  # labels sorted
+    assert 'llmq_retries_total{reason="http_500"}' in text
+    assert CALLER_KEY.split(":")[1] not in text
 
 
 def test_idempotency_key_returns_the_first_job(stack: Stack, model: str) -> None:
