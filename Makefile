@@ -22,7 +22,7 @@ bench: $(STAMP)  ## the performance benchmark: prints its table (BENCH_ARGS=--qu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy api worker devstack
+	$(VENV)/bin/mypy api worker devstack cli mockproxy
 
 clean:
 	rm -rf $(VENV) .llmq

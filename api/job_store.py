@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from worker import job_scripts, keys
 from worker.jobs import TERMINAL, UNFINISHED, NewJob, dumps, public_view, state_event
+
+# What redis-py returns from the stream commands, with decode_responses on.
+StreamEntries = list[tuple[str, dict[str, str]]]
+StreamReply = list[tuple[str, StreamEntries]]
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class AsyncJobStore:
         await pipe.execute()
 
     async def fields(self, job_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.job(job_id))  # type: ignore[no-any-return]
+        return cast(dict[str, str], await self.redis.hgetall(keys.job(job_id)))
 
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         now = time.time()
@@ -100,27 +104,26 @@ class AsyncJobStore:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            reply = await self.blocking.xread({keys.job_events(job_id): last_id}, block=remaining_ms, count=200)
-            if not reply:
+            events = await self.read_events(job_id, last_id, remaining_ms)
+            if not events:
                 break
-            for event_id, entry in reply[0][1]:
-                last_id = event_id
-                event = json.loads(entry["e"])
-                if event.get("type") == "state" and event.get("status") in TERMINAL:
-                    return await self.fields(job_id)
+            if any(event.get("type") == "state" and event.get("status") in TERMINAL for _, event in events):
+                return await self.fields(job_id)
+            last_id = events[-1][0]
         return fields
 
     async def read_events(
         self, job_id: str, after_id: str, block_ms: int
     ) -> list[tuple[str, dict[str, Any]]]:
-        reply = await self.blocking.xread({keys.job_events(job_id): after_id}, block=block_ms, count=500)
-        if not reply:
-            return []
-        return [(event_id, json.loads(entry["e"])) for event_id, entry in reply[0][1]]
+        """Events after `after_id`, waiting up to `block_ms` for the first one."""
+        reply = cast(
+            StreamReply, await self.blocking.xread({keys.job_events(job_id): after_id}, block=block_ms, count=500)
+        )
+        return [(event_id, json.loads(entry["e"])) for event_id, entry in reply[0][1]] if reply else []
 
     async def history(self, job_id: str, after_id: str = "-") -> list[tuple[str, dict[str, Any]]]:
         start = after_id if after_id == "-" else f"({after_id}"
-        entries = await self.redis.xrange(keys.job_events(job_id), min=start, max="+")
+        entries = cast(StreamEntries, await self.redis.xrange(keys.job_events(job_id), min=start, max="+"))
         return [(event_id, json.loads(entry["e"])) for event_id, entry in entries]
 
 

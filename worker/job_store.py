@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -158,6 +158,10 @@ class JobStore:
         )
         return reply or None
 
+    def fields(self, job_id: str) -> dict[str, str]:
+        """The raw record ({} once it has expired)."""
+        return cast(dict[str, str], self.redis.hgetall(keys.job(job_id)))
+
     def get(self, job_id: str) -> dict[str, Any] | None:
-        fields = self.redis.hgetall(keys.job(job_id))
+        fields = self.fields(job_id)
         return public_view(fields) if fields else None

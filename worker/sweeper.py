@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from worker import keys
 from worker.job_runner import Runtime
@@ -52,8 +53,9 @@ def sweep(
     horizon = now - min(settings.visibility_timeout_s, settings.stuck_after_s)
     report = SweepReport()
     names = ("status", "lease_until", "next_attempt_at", "updated_at", "model", "priority", "requeues")
-    for job_id in rt.redis.zrangebyscore(keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH):
-        values = rt.redis.hmget(keys.job(job_id), names)
+    due = cast(list[str], rt.redis.zrangebyscore(keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH))
+    for job_id in due:
+        values = cast(list[str | None], rt.redis.hmget(keys.job(job_id), names))
         fields = {name: value for name, value in zip(names, values, strict=True) if value is not None}
         if "status" not in fields:  # expired with its TTL
             rt.redis.zrem(keys.ACTIVE_JOBS, job_id)

@@ -20,7 +20,6 @@ from worker.callback_guard import CallbackRefused, resolve_and_check
 from worker.job_runner import Runtime
 from worker.job_view import job_json
 from worker.key_vault import InvalidToken
-from worker.keys import job as job_key
 from worker.webhooks import build_event, deliver, make_client, next_delay_s, signed_headers, webhook_id
 
 log = logging.getLogger("llmq.webhooks")
@@ -62,7 +61,7 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
     if state != "claimed":
         return DeliveryStep(outcome=f"nothing to deliver ({detail or 'no callback'})")
     n = int(detail) + 1
-    fields = rt.redis.hgetall(job_key(job_id))
+    fields = rt.store.fields(job_id)
     url = json.loads(fields["callback"])["url"]
     extra = {"job_id": job_id, "attempt": n}
     try:
