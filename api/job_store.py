@@ -10,7 +10,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from worker import job_scripts, keys
-from worker.jobs import TERMINAL, UNFINISHED, NewJob, dumps, public_view, state_event
+from worker.jobs import TERMINAL, UNFINISHED, NewJob, state_event
 
 # What redis-py returns from the stream commands, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
@@ -126,9 +126,3 @@ class AsyncJobStore:
         entries = cast(StreamEntries, await self.redis.xrange(keys.job_events(job_id), min=start, max="+"))
         return [(event_id, json.loads(entry["e"])) for event_id, entry in entries]
 
-
-def view(fields: dict[str, str]) -> dict[str, Any]:
-    return public_view(fields)
-
-
-__all__ = ["AsyncJobStore", "dumps", "view"]
