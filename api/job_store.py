@@ -10,7 +10,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from worker import job_scripts, keys
-from worker.jobs import TERMINAL, UNFINISHED, NewJob, state_event
+from worker.jobs import TERMINAL, UNFINISHED, NewJob, is_terminal_event, state_event
 
 # What redis-py returns from the stream commands, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
@@ -96,9 +96,12 @@ class AsyncJobStore:
         fields, last = await pipe.execute()
         return fields, (last[0][0] if last else "0-0")
 
-    async def wait_until_finished(self, job_id: str, timeout_s: float) -> dict[str, str]:
-        """The record once the job is finished, or when `timeout_s` runs out (blocking reads, no polling)."""
-        fields, last_id = await self.snapshot(job_id)
+    async def wait_until_finished(
+        self, job_id: str, timeout_s: float, fields: dict[str, str], last_id: str
+    ) -> dict[str, str]:
+        """The record once the job is finished, or when `timeout_s` runs out (blocking reads, no polling).
+
+        `fields` and `last_id` come from one `snapshot`: events after `last_id` are the changes since."""
         deadline = time.monotonic() + timeout_s
         while fields and fields.get("status") not in TERMINAL:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -107,7 +110,7 @@ class AsyncJobStore:
             events = await self.read_events(job_id, last_id, remaining_ms)
             if not events:
                 break
-            if any(event.get("type") == "state" and event.get("status") in TERMINAL for _, event in events):
+            if any(is_terminal_event(event) for _, event in events):
                 return await self.fields(job_id)
             last_id = events[-1][0]
         return fields

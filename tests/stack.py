@@ -6,14 +6,18 @@ import base64
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import redis
 
 from devstack.processes import ManagedProcess, api_process, worker_process
 from devstack.redis_server import free_port
+from worker import keys
+
+T = TypeVar("T")
 
 # A key shaped like a real one, distinctive enough to grep for in every store and log.
 CALLER_KEY = "7788:sk-llmq-e2e-" + "S3cr3tAppKey9f1c"
@@ -84,6 +88,17 @@ class Stack:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx2.Client(base_url=self.base_url, headers=headers, timeout=90)
 
+    def wait_all_finished(self, timeout_s: float) -> None:
+        """Until no job of this stack is queued, running or retrying."""
+
+        def idle() -> bool:
+            try:
+                return self.redis.zcard(keys.ACTIVE_JOBS) == 0
+            except redis.ConnectionError:  # the test's own connection may lag behind a restarted Redis
+                return False
+
+        eventually(idle, timeout_s, "every job to finish", interval_s=0.25)
+
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
 
@@ -109,25 +124,32 @@ def wait_finished(client: httpx2.Client, job_id: str, timeout_s: float = 60) -> 
             return job  # type: ignore[no-any-return]
 
 
+def eventually(check: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+    """What `check()` returns once it is truthy; fails the test, naming `what`, after `timeout_s`.
+
+    For states that have no event to wait on (a broker's bookkeeping, another process's view); the
+    job's own progress is better awaited with `wait_finished`, which long-polls."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(interval_s)
+
+
 def wait_until(client: httpx2.Client, job_id: str, check: Any, timeout_s: float = 30) -> dict[str, Any]:
     """Read the job until `check(job)` holds; fails the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if check(job):
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never met the condition; last seen: {job}")
+
+    def matching() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        return job if check(job) else None
+
+    return eventually(matching, timeout_s, f"job {job_id} to meet the condition")
 
 
 def wait_status(client: httpx2.Client, job_id: str, status: str, timeout_s: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] == status:
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {status!r}")
+    return wait_until(client, job_id, lambda job: job["status"] == status, timeout_s)
 
 
 class MockProxy:

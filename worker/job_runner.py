@@ -18,6 +18,7 @@ from worker import metrics
 from worker.errors import UpstreamError
 from worker.flow_control import MAX_WAIT_S, FlowControl, Wait
 from worker.job_store import Claim, JobStore
+from worker.jobs import job_error
 from worker.key_vault import InvalidToken, KeyVault, vault_for
 from worker.retry_policy import RetryPolicy, next_delay
 from worker.settings import Settings, get_settings
@@ -130,7 +131,7 @@ def count_tokens(claim: Claim, result: dict[str, Any]) -> None:
 
 
 def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, message: str) -> Outcome:
-    error = {"type": error_type, "message": message, "status_code": None, "body_excerpt": None}
+    error = job_error(error_type, message)
     attempt = {"n": claim.attempt, "started_at": time.time(), "duration_ms": 0, "outcome": error_type,
                "status_code": None, "error_type": error_type, "message": message}
     finished = rt.store.finish(job_id, "failed", attempt, error=error)

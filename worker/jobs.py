@@ -85,6 +85,16 @@ def state_event(status: str, at: float, **details: Any) -> str:
     return dumps({"type": "state", "status": status, "at": at, **details})
 
 
+def job_error(error_type: str, message: str) -> dict[str, Any]:
+    """The `error` of a job that failed without an answer from the proxy to show."""
+    return {"type": error_type, "message": message, "status_code": None, "body_excerpt": None}
+
+
+def is_terminal_event(event: dict[str, Any]) -> bool:
+    """A job's last state event: nothing follows it on the stream."""
+    return event.get("type") == "state" and event.get("status") in TERMINAL
+
+
 def parse_json_lines(text: str | None) -> list[dict[str, Any]]:
     if not text:
         return []

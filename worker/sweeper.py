@@ -18,6 +18,7 @@ from typing import cast
 
 from worker import keys
 from worker.job_runner import Runtime
+from worker.jobs import job_error
 
 log = logging.getLogger("llmq.sweeper")
 MAX_REQUEUES = 3
@@ -65,8 +66,8 @@ def sweep(
             continue
         requeues = int(fields.get("requeues") or 0)
         if fields["status"] != "queued" and requeues >= MAX_REQUEUES:
-            error = {"type": "stuck", "message": f"the job stopped moving ({fields['status']}) and was published "
-                     f"again {requeues} times without progress", "status_code": None, "body_excerpt": None}
+            error = job_error("stuck", f"the job stopped moving ({fields['status']}) and was published again "
+                                       f"{requeues} times without progress")
             if rt.store.fail_unfinished(job_id, error):
                 report.failed.append(job_id)
                 notify(job_id)

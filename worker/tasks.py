@@ -12,6 +12,7 @@ from celery.exceptions import Reject
 from worker import keys
 from worker.celery_app import app
 from worker.job_runner import run_attempt, runtime
+from worker.jobs import job_error
 from worker.webhook_delivery import run_delivery
 
 log = logging.getLogger("llmq.worker")
@@ -32,8 +33,7 @@ def call_proxy(self: Task, job_id: str) -> str:
     except Exception as err:
         # A fault of llmq's own: say so on the job at once rather than leave it running for the sweeper.
         log.exception("attempt crashed", extra={"job_id": job_id})
-        error = {"type": "internal_error", "message": f"llmq failed while running this job ({type(err).__name__})",
-                 "status_code": None, "body_excerpt": None}
+        error = job_error("internal_error", f"llmq failed while running this job ({type(err).__name__})")
         if runtime().store.fail_unfinished(job_id, error):
             enqueue_delivery(job_id)
         raise

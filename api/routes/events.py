@@ -18,7 +18,7 @@ from api.job_store import AsyncJobStore
 from api.routes.jobs import owned_fields
 from api.schemas import ErrorResponse
 from worker import keys
-from worker.jobs import TERMINAL, dumps
+from worker.jobs import TERMINAL, dumps, is_terminal_event
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -56,10 +56,6 @@ def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
     return f"{head}event: {event.get('type', 'state')}\ndata: {dumps(event)}\n\n"
 
 
-def is_terminal(event: dict[str, Any]) -> bool:
-    return event.get("type") == "state" and event.get("status") in TERMINAL
-
-
 def current_state(fields: dict[str, str]) -> dict[str, Any]:
     """A state event made from the record, for a job whose event stream has expired."""
     event: dict[str, Any] = {"type": "state", "status": fields.get("status"),
@@ -84,7 +80,7 @@ async def event_frames(
         for event_id, event in history:
             yield sse_event(event_id, event)
             last_id = event_id
-            if is_terminal(event):
+            if is_terminal_event(event):
                 return
         if finished:
             return
@@ -99,7 +95,7 @@ async def event_frames(
             for event_id, event in events:
                 yield sse_event(event_id, event)
                 last_id = event_id
-                if is_terminal(event):
+                if is_terminal_event(event):
                     return
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
         # Headers are already sent, so no error envelope is possible: end, and let the client resume.

@@ -30,14 +30,23 @@ def _not_found(job_id: str) -> ApiError:
     return ApiError(404, "not_found", f"No job {job_id!r} for this key (unknown, expired, or another key's).")
 
 
-async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dict[str, str]:
-    """The job's record if it exists and belongs to the caller; 404 otherwise, either way."""
+def check_id(job_id: str) -> None:
+    """An id that cannot exist is answered without asking Redis."""
     if not JOB_ID_PATTERN.match(job_id):
         raise _not_found(job_id)
-    fields = await store.fields(job_id)
+
+
+def check_owner(job_id: str, fields: dict[str, str], caller: Caller) -> dict[str, str]:
+    """The record if it exists and belongs to the caller; 404 otherwise, either way."""
     if not fields or fields.get("owner") != caller.owner:
         raise _not_found(job_id)
     return fields
+
+
+async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dict[str, str]:
+    """The job's record if it exists and belongs to the caller; 404 otherwise, either way."""
+    check_id(job_id)
+    return check_owner(job_id, await store.fields(job_id), caller)
 
 
 async def require_json(request: Request) -> None:
@@ -92,9 +101,14 @@ async def get_job(
     ] = 0,
 ) -> dict[str, Any]:
     """A job's status, attempts, and result or error; with `wait`, answers as soon as it finishes."""
-    fields = await owned_fields(store, job_id, caller)
-    if wait and fields.get("status") not in TERMINAL:
-        fields = await store.wait_until_finished(job_id, wait) or fields
+    if not wait:
+        return public_view(await owned_fields(store, job_id, caller))
+    check_id(job_id)
+    # The record and its last event id in one read, so the wait starts exactly where the record was taken.
+    fields, last_id = await store.snapshot(job_id)
+    check_owner(job_id, fields, caller)
+    if fields.get("status") not in TERMINAL:
+        fields = await store.wait_until_finished(job_id, wait, fields, last_id) or fields
     return public_view(fields)
 
 

@@ -6,7 +6,6 @@ the shared stack runs without any.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from itertools import pairwise
@@ -16,7 +15,7 @@ import pytest
 import redis
 
 from devstack.redis_server import RedisServer
-from tests.stack import OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_status
+from tests.stack import OTHER_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
 from worker import keys
 
 RUN = uuid.uuid4().hex[:8]
@@ -71,9 +70,7 @@ def test_model_concurrency_holds_across_two_workers(
     assert at[-1] - at[0] >= 2.9  # eight 1-second calls, two at a time
     # Every slot was given back; the shared stack never saw a limit.
     slots = keys.flow("concurrency", "model", CONCURRENCY_MODEL)
-    deadline = time.monotonic() + 5
-    while limited.redis.zcard(slots) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: limited.redis.zcard(slots) == 0, 5, "every concurrency slot to be given back")
     assert limited.redis.zcard(slots) == 0
     assert not redis.Redis.from_url(redis_server.url).keys("llmq:flow:*")
 

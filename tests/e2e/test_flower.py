@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx2
 
 from tests.flower import FLOWER_AUTH
-from tests.stack import CALLER_APP_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_status
+from tests.stack import CALLER_APP_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
 
 
 def job_tasks(flower: str, job_id: str) -> list[dict]:  # type: ignore[type-arg]
@@ -33,15 +31,9 @@ def test_flower_shows_retry_then_success(stack: Stack, mock_proxy: MockProxy, fl
     with stack.client() as client:
         job_id = submit(client, chat(model))["id"]
         wait_status(client, job_id, "retrying")
-        deadline = time.monotonic() + 9
-        while "RETRY" not in task_states(flower, job_id):
-            assert time.monotonic() < deadline, "Flower never showed the task in RETRY"
-            time.sleep(0.1)
+        eventually(lambda: "RETRY" in task_states(flower, job_id), 9, "Flower to show the task in RETRY", 0.1)
         assert wait_finished(client, job_id)["status"] == "succeeded"
-    deadline = time.monotonic() + 10
-    while "SUCCESS" not in task_states(flower, job_id):
-        assert time.monotonic() < deadline, "Flower never showed the task's success"
-        time.sleep(0.1)
+    eventually(lambda: "SUCCESS" in task_states(flower, job_id), 10, "Flower to show the task's success", 0.1)
     (task,) = job_tasks(flower, job_id)
     assert task["retries"] == 2 and task["retried"], "Flower counts both retries"
     workers = httpx2.get(f"{flower}/api/workers", auth=FLOWER_AUTH, params={"refresh": "1"}, timeout=10)

@@ -6,7 +6,6 @@ These tests own their stack (Redis db 1) because they stop and kill workers.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from devstack.redis_server import RedisServer
 from tests.brokers import BROKERS, pending_messages, rabbitmq_vhost
-from tests.stack import MockProxy, Stack, chat, submit, wait_finished, wait_status
+from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -33,19 +32,8 @@ def own_stack(
 
 def broker_is_drained(stack: Stack, timeout_s: float = 10) -> bool:
     """Every message taken and acknowledged (an ack follows the job's last write by a moment)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pending_messages(stack.env["LLMQ_BROKER_URL"], stack.redis_url) == 0:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def wait_for_calls(mock_proxy: MockProxy, model: str, count: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(mock_proxy.calls(model)) < count:
-        assert time.monotonic() < deadline, f"the proxy never saw {count} call(s) for {model}"
-        time.sleep(0.02)
+    return eventually(lambda: pending_messages(stack.env["LLMQ_BROKER_URL"], stack.redis_url) == 0,
+                      timeout_s, "the broker to hold no message", interval_s=0.1)
 
 
 def test_cancel_before_pickup_never_calls_the_proxy(own_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
@@ -74,7 +62,7 @@ def test_worker_killed_mid_call_the_job_still_succeeds(own_stack: Stack, mock_pr
     with own_stack.client() as client:
         job_id = submit(client, chat(model))["id"]
         wait_status(client, job_id, "running")
-        wait_for_calls(mock_proxy, model, 1)  # the call is in flight at the proxy
+        eventually(lambda: mock_proxy.calls(model), 10, "the call to be in flight at the proxy", interval_s=0.02)
         own_stack.workers[-1].kill()
         own_stack.start_worker()
         job = wait_finished(client, job_id, timeout_s=60)

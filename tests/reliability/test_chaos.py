@@ -52,9 +52,7 @@ def test_every_job_succeeds_through_chaos(
         for chunk in range(0, JOBS, 500):
             body = {"jobs": [{"request": chat(f"chaos-{i}")} for i in range(chunk, chunk + 500)]}
             ids += [item["id"] for item in client.post("/v1/jobs/batch", json=body).json()["jobs"]]
-        deadline = time.monotonic() + 240
-        while stack.redis.zcard(keys.ACTIVE_JOBS) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        stack.wait_all_finished(240)
         elapsed = time.monotonic() - started
         jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
 

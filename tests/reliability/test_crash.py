@@ -7,18 +7,10 @@ from collections import Counter
 from collections.abc import Callable
 
 from devstack.redis_server import RedisServer
-from tests.stack import MockProxy, Stack, chat
-from worker import keys
+from tests.stack import MockProxy, Stack, chat, eventually
 
 IN_FLIGHT = 250
 SLOW_MS = 6000
-
-
-def wait_until_true(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_worker_killed_with_250_calls_in_flight(
@@ -42,12 +34,12 @@ def test_worker_killed_with_250_calls_in_flight(
             seen = mock_proxy.http.get("/_mock/calls").json()["calls"]
             return Counter(call["model"] for call in seen if call["model"] in set(models))
 
-        wait_until_true(lambda: len(calls_per_model()) == IN_FLIGHT, 30, "every call to reach the proxy")
+        eventually(lambda: len(calls_per_model()) == IN_FLIGHT, 30, "every call to reach the proxy")
         in_flight = sum(1 for job_id in ids if client.get(f"/v1/jobs/{job_id}").json()["status"] == "running")
         killed_at = time.monotonic()
         stack.workers[-1].kill()
         stack.start_worker()
-        wait_until_true(lambda: stack.redis.zcard(keys.ACTIVE_JOBS) == 0, 120, "every job to finish")
+        stack.wait_all_finished(120)
         recovered_s = time.monotonic() - killed_at
         jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
 

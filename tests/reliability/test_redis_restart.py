@@ -54,14 +54,7 @@ def test_redis_restart_loses_no_accepted_job(
         own_redis.start()
         back_at = time.monotonic()
 
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if stack.redis.zcard(keys.ACTIVE_JOBS) == 0:
-                    break
-            except Exception:  # the test's own connection may need a moment to come back too
-                pass
-            time.sleep(0.25)
+        stack.wait_all_finished(90)
         recovered_s = time.monotonic() - back_at
         jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
         after = client.post("/v1/jobs", json={"request": chat(model + "-after")})
