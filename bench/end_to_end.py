@@ -14,6 +14,7 @@ from bench.stack import BENCH_KEY, BenchStack
 from worker import keys
 
 BATCH_SIZE = 1000  # the API's limit per batch request
+WARM_UP_JOBS = 20
 POLL_S = 0.1
 # Kombu's Redis transport keeps delivered-but-unacknowledged messages here until the task is acknowledged.
 UNACKED_KEY = "unacked"
@@ -72,10 +73,18 @@ def check_finished(times: list[JobTimes], expected: int) -> None:
         raise RuntimeError(f"not every job succeeded: {dict(statuses)}")
 
 
+def warm_up(stack: BenchStack, count: int) -> None:
+    """A few jobs first, so "idle" is a worker that has served traffic, not one still loading code paths."""
+    with api_client(stack) as client:
+        submit_batches(client, 10**9, count)
+    Drain(stack).wait(60)
+
+
 def run_end_to_end(stack: BenchStack, n: int, latency_ms: int, concurrency: int) -> dict[str, Any]:
     assert stack.worker is not None and stack.redis is not None
     pid = stack.worker.pid
-    time.sleep(1.0)  # let the worker settle after "ready." before taking the idle figures
+    warm_up(stack, WARM_UP_JOBS)
+    time.sleep(1.0)  # let the worker settle before taking the idle figures
     idle_rss = rss_bytes(pid)
     cpu_before = cpu_seconds(pid)
     stats_before = CommandStats.read(stack.redis)

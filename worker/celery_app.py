@@ -14,6 +14,7 @@ from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 
 REDIS_TRANSPORT = "worker.redis_transport:Transport"
+POOLS = {"asyncio": "worker.asyncio_pool:AsyncioPool", "threads": "threads"}
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -40,7 +41,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         },
         # Calls are long: take only as many messages as there are free slots.
         "worker_prefetch_multiplier": 1,
-        "worker_pool": settings.worker_pool,
+        "worker_pool": POOLS[settings.worker_pool],
         "worker_concurrency": settings.worker_concurrency,
         "task_queues": [Queue(name) for name in keys.QUEUES_IN_ORDER],
         "task_default_queue": keys.QUEUE_BY_PRIORITY["normal"],
@@ -101,3 +102,4 @@ def _serve_metrics(**_: object) -> None:
 
 
 app = create_celery()
+

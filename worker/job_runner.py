@@ -16,6 +16,7 @@ import redis
 
 from worker import metrics
 from worker.errors import UpstreamError
+from worker.event_loop import wait
 from worker.flow_control import MAX_WAIT_S, FlowControl, Wait
 from worker.job_store import Claim, JobStore
 from worker.jobs import job_error
@@ -197,12 +198,12 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():
             if claim.request.get("stream"):
-                result = rt.upstream.stream(
+                result = wait(rt.upstream.stream(
                     base_url, key, claim.request,
                     on_delta=lambda deltas: publish_deltas(rt, job_id, claim, deltas),
-                )
+                ))
             else:
-                result = rt.upstream.complete(base_url, key, claim.request)
+                result = wait(rt.upstream.complete(base_url, key, claim.request))
     except UpstreamError as err:
         _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)

@@ -1,4 +1,4 @@
-"""Kombu's Redis transport, made to survive losing Redis while messages are in hand.
+"""Kombu's Redis transport, made to survive losing Redis while messages are in hand, and cheaper per message.
 
 When the connection drops, Celery closes the old channel and kombu tries to push the
 messages this worker holds back onto their queues; later, tasks that were running
@@ -7,11 +7,18 @@ connection already released, each of these raises, and Celery stops the whole wo
 "unrecoverable". None of it is needed: those messages sit in Redis's unacked index and
 come back after the visibility timeout, where a finished job's message finds nothing to
 do. So on a closed channel these become logged no-ops, and the worker reconnects.
+
+Kombu also builds a new redis-py client object for every delivery, acknowledgement and
+event it publishes; the constructor (a table of ~200 reply parsers) cost a worker about
+7 % of its CPU. The object holds no connection of its own, so the channel keeps one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
@@ -46,6 +53,18 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    _shared_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        # A new pool (after a reconnect) gets a new client.
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared_client = self._create_client()
+        yield shared
 
 
 class Transport(kombu_redis.Transport):

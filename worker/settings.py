@@ -79,7 +79,9 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_concurrency: int = Field(200, ge=1, description="Proxy calls held at once by one worker process.")
-    worker_pool: Literal["threads"] = Field("threads", description="Celery pool; threads hold many waiting calls.")
+    worker_pool: Literal["asyncio", "threads"] = Field(
+        "asyncio", description="Celery pool: asyncio waits for every call on one event loop; threads, one thread each."
+    )
     visibility_timeout_s: int = Field(
         600, ge=5, description="Unacknowledged jobs of a lost worker are redelivered after this long."
     )

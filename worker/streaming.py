@@ -29,47 +29,59 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _TRAILING_BREAK = re.compile(r"(?:\r\n|\r|\n)\Z")
 
 
-def _split_lines(lines: Iterable[str]) -> Iterator[str]:
-    """Normalise input items into single lines without terminators.
-
-    Items are usually already lines (httpx2's `iter_lines()`), but one trailing
-    terminator is tolerated and embedded breaks are split, so file-like input works too.
-    """
-    for item in lines:
-        item = _TRAILING_BREAK.sub("", item, count=1)
-        yield from _LINE_BREAK.split(item)
-
-
-def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """Yield the data payload of each server-sent event (WHATWG event-stream parsing).
+class SseDataParser:
+    """The data payload of each server-sent event, fed line by line (WHATWG event-stream parsing).
 
     Comments (`:` lines) and the `event`, `id` and `retry` fields are ignored; multi-line
     data is joined with "\\n". An event is dispatched at a blank line, and a final event
-    not followed by a blank line is still dispatched at the end of input (the spec would
-    drop it, but a proxy that closes right after `data: [DONE]` should not lose it).
+    not followed by a blank line is still dispatched by `end` (the spec would drop it, but
+    a proxy that closes right after `data: [DONE]` should not lose it).
+
+    Items are usually already lines (httpx2's `iter_lines()`), but one trailing terminator
+    is tolerated and embedded breaks are split, so file-like input works too.
     """
-    data: list[str] = []
-    first = True
-    for line in _split_lines(lines):
-        if first:
-            # The spec allows one leading byte-order mark on the stream.
-            line = line.removeprefix("\ufeff")
-            first = False
-        if line == "":
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        # `event`, `id`, `retry` and unknown fields carry nothing we need.
-    if data:
-        yield "\n".join(data)
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._first = True
+
+    def feed(self, item: str) -> list[str]:
+        """The payloads completed by this item (usually none or one)."""
+        events: list[str] = []
+        item = _TRAILING_BREAK.sub("", item, count=1)
+        for line in _LINE_BREAK.split(item):
+            if self._first:
+                # The spec allows one leading byte-order mark on the stream.
+                line = line.removeprefix("\ufeff")
+                self._first = False
+            if line == "":
+                if self._data:
+                    events.append("\n".join(self._data))
+                    self._data = []
+                continue
+            if line.startswith(":"):
+                continue
+            name, sep, value = line.partition(":")
+            if sep and value.startswith(" "):
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+            # `event`, `id`, `retry` and unknown fields carry nothing we need.
+        return events
+
+    def end(self) -> list[str]:
+        """The last payload, when the input stopped without a blank line after it."""
+        events = ["\n".join(self._data)] if self._data else []
+        self._data = []
+        return events
+
+
+def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """Yield the data payload of each server-sent event in `lines` (see `SseDataParser`)."""
+    parser = SseDataParser()
+    for item in lines:
+        yield from parser.feed(item)
+    yield from parser.end()
 
 
 @dataclass

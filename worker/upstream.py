@@ -1,8 +1,9 @@
 """The call to the proxy: `POST {base_url}/chat/completions` with the caller's key.
 
-One pooled httpx2 client per worker process, sized to the worker's concurrency. Every
-failure leaves this module as an `UpstreamError` (see `worker.errors`), so callers
-never see a third-party exception.
+One pooled httpx2 `AsyncClient` per worker process, sized to the worker's concurrency and
+used only on the process's event loop (`worker.event_loop`): hundreds of waiting calls
+cost one thread. Every failure leaves this module as an `UpstreamError` (see
+`worker.errors`), so callers never see a third-party exception.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
@@ -26,7 +27,7 @@ from worker.errors import (
 )
 from worker.retry_policy import parse_retry_after
 from worker.settings import Settings
-from worker.streaming import CompletionAssembler, Delta, iter_sse_data
+from worker.streaming import CompletionAssembler, Delta, SseDataParser
 
 DeltaSink = Callable[[list[Delta]], None]
 
@@ -44,55 +45,84 @@ def check_completion(body: bytes) -> dict[str, Any]:
     return data
 
 
+# httpx2's pool probes every idle connection (a poll(2) each) whenever a request starts or
+# ends: one pool of 200 connections spent half the event loop's time on that. Several small
+# pools keep each probe pass short.
+CONNECTIONS_PER_POOL = 16
+
+
+class _Pool:
+    def __init__(self, client: httpx2.AsyncClient) -> None:
+        self.client = client
+        self.in_flight = 0
+
+
 class UpstreamClient:
     def __init__(self, settings: Settings) -> None:
-        concurrency = settings.worker_concurrency
-        self._client = httpx2.Client(
-            timeout=httpx2.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=settings.connect_timeout_s,
-                pool=settings.connect_timeout_s,
-            ),
-            limits=httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            follow_redirects=False,
+        timeout = httpx2.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.connect_timeout_s,
+            pool=settings.connect_timeout_s,
         )
+        size = min(CONNECTIONS_PER_POOL, settings.worker_concurrency)
+        count = -(-settings.worker_concurrency // size)
+        limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
+        self._pools = [
+            _Pool(httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)) for _ in range(count)
+        ]
 
-    def close(self) -> None:
-        self._client.close()
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.client.aclose()
 
-    def complete(self, base_url: str, key: str, request: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, base_url: str, key: str, request: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming call; the ChatCompletion as the proxy sent it."""
-        with self._send(base_url, key, request, stream=False) as response:
-            return check_completion(response.read())
+        async with self._send(base_url, key, request, stream=False) as response:
+            return check_completion(await response.aread())
 
-    def stream(self, base_url: str, key: str, request: dict[str, Any], on_delta: DeltaSink) -> dict[str, Any]:
+    async def stream(self, base_url: str, key: str, request: dict[str, Any], on_delta: DeltaSink) -> dict[str, Any]:
         """One streaming call; deltas go to `on_delta` as they come, the assembled completion is returned."""
-        with self._send(base_url, key, request, stream=True) as response:
+        async with self._send(base_url, key, request, stream=True) as response:
             if "text/event-stream" not in response.headers.get("content-type", ""):
                 # The proxy may ignore `stream` and answer in one piece.
-                return check_completion(response.read())
+                return check_completion(await response.aread())
             assembler = CompletionAssembler()
-            for data in iter_sse_data(response.iter_lines()):
-                deltas = assembler.feed_data(data)
-                if deltas:
-                    on_delta(deltas)
+            parser = SseDataParser()
+
+            def take(events: list[str]) -> None:
+                for data in events:
+                    deltas = assembler.feed_data(data)
+                    if deltas:
+                        on_delta(deltas)
+
+            async for line in response.aiter_lines():
+                take(parser.feed(line))
                 if assembler.done:
                     break
+            else:
+                take(parser.end())
             return assembler.result()
 
-    @contextmanager
-    def _send(self, base_url: str, key: str, request: dict[str, Any], *, stream: bool) -> Iterator[httpx2.Response]:
+    @asynccontextmanager
+    async def _send(
+        self, base_url: str, key: str, request: dict[str, Any], *, stream: bool
+    ) -> AsyncIterator[httpx2.Response]:
         headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
         }
         body = json.dumps(request, ensure_ascii=False).encode()
+        # The least busy pool: with every call on one event loop, no lock is needed.
+        pool = min(self._pools, key=lambda p: p.in_flight)
+        pool.in_flight += 1
         try:
-            with self._client.stream("POST", f"{base_url}/chat/completions", content=body, headers=headers) as resp:
+            async with pool.client.stream(
+                "POST", f"{base_url}/chat/completions", content=body, headers=headers
+            ) as resp:
                 if not resp.is_success:
-                    raw = resp.read()
+                    raw = await resp.aread()
                     message = proxy_error_message(raw) or resp.reason_phrase or "error"
                     raise UpstreamStatusError(
                         f"HTTP {resp.status_code} from the proxy: {message}",
@@ -107,6 +137,8 @@ class UpstreamClient:
             raise UpstreamConnectionError(f"connection to the proxy failed: {type(err).__name__}: {err}") from err
         except httpx2.StreamError as err:
             raise UpstreamConnectionError(f"the proxy's answer broke off: {type(err).__name__}") from err
+        finally:
+            pool.in_flight -= 1
 
 
 _client_lock = threading.Lock()
@@ -114,7 +146,7 @@ _clients: dict[int, UpstreamClient] = {}
 
 
 def client_for(settings: Settings) -> UpstreamClient:
-    """The process-wide client (one pool shared by every thread of a worker)."""
+    """The process-wide client (one pool for every call of a worker, on its event loop)."""
     with _client_lock:
         client = _clients.get(id(settings))
         if client is None:

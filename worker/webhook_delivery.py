@@ -17,6 +17,7 @@ import httpx2
 
 from worker import metrics
 from worker.callback_guard import CallbackRefused, resolve_and_check
+from worker.event_loop import offload
 from worker.job_runner import Runtime
 from worker.job_view import job_json
 from worker.key_vault import InvalidToken
@@ -68,7 +69,8 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
         secret = signing_secret(rt, fields)
         if secret is None:
             raise CallbackRefused("no signing secret: the job has none and LLMQ_WEBHOOK_SECRET is not set")
-        target = resolve_and_check(url, rt.settings.callback_allow_list)
+        # A name lookup and a receiver can each take seconds: off the event loop (see `offload`).
+        target = offload(resolve_and_check, url, rt.settings.callback_allow_list)
     except (CallbackRefused, InvalidToken) as err:
         reason = str(err) if isinstance(err, CallbackRefused) else "the job's callback secret cannot be decrypted"
         record = {"n": n, "at": now, "status_code": None, "error": f"refused: {reason}", "duration_ms": 0.0}
@@ -79,7 +81,7 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
 
     payload = build_event(job_json(fields), now)
     headers = signed_headers(secret, webhook_id(job_id), int(now), payload)
-    result = deliver(webhook_client(), target, headers, payload, rt.settings.webhook_timeout_s)
+    result = offload(deliver, webhook_client(), target, headers, payload, rt.settings.webhook_timeout_s)
     record = result.to_record(n, now)
     if result.ok or result.gone:
         status = "delivered" if result.ok else "gone"

@@ -37,7 +37,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
         ({"LLMQ_READ_TIMEOUT_S": "0"}, "LLMQ_READ_TIMEOUT_S: Input should be greater than 0"),
         ({"LLMQ_VISIBILITY_TIMEOUT_S": "60"}, "LLMQ_VISIBILITY_TIMEOUT_S (60) must exceed"),
         ({"LLMQ_DEFAULT_MAX_ATTEMPTS": "20"}, "LLMQ_DEFAULT_MAX_ATTEMPTS must not exceed"),
-        ({"LLMQ_WORKER_POOL": "prefork"}, "LLMQ_WORKER_POOL: Input should be 'threads'"),
+        ({"LLMQ_WORKER_POOL": "prefork"}, "LLMQ_WORKER_POOL: Input should be 'asyncio' or 'threads'"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_variable(

@@ -31,7 +31,6 @@ def rt(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[R
     client.flushdb()  # db 3 belongs to this test module alone
     upstream = UpstreamClient(settings)
     yield Runtime(settings, client, JobStore(client, 3600), upstream, KeyVault("x" * 20), RetryPolicy())
-    upstream.close()
     client.close()
 
 
