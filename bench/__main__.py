@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per latency for (a) and (b) (default 5000)")
     parser.add_argument("--latency-ms", default="500,1500", help="mock latencies, comma separated (default 500,1500)")
-    parser.add_argument("--concurrency", type=int, default=200, help="worker threads and client concurrency")
+    parser.add_argument("--concurrency", type=int, default=200, help="worker slots and client concurrency")
     parser.add_argument("--typical-jobs", type=int, default=200, help="cap on jobs for the typical Celery run (c)")
     parser.add_argument("--posts", type=int, default=3000, help="single POSTs (and GET /healthz) for (d)")
     parser.add_argument("--batches", type=int, default=10, help="1000-job batch requests for (d)")
@@ -63,6 +63,12 @@ def run_latency(args: argparse.Namespace, latency_ms: int, first: bool, out: dic
             if args.breakdown_jobs:
                 say(f"Redis commands by component, {args.breakdown_jobs} jobs under MONITOR")
                 out["redis_breakdown"] = run_breakdown(stack, args.breakdown_jobs, timeout_s=300)
+    say(f"{latency_ms} ms: (a') llmq on Celery's thread pool, {n} jobs")
+    with BenchStack(f"a-threads-{latency_ms}ms", c) as stack:
+        stack.start_mock(latency_ms)
+        stack.start_api()
+        stack.start_worker({**stack.env(), "LLMQ_WORKER_POOL": "threads"})
+        result["a_threads"] = run_end_to_end(stack, n, latency_ms, c)
     typical_n = min(n, args.typical_jobs)
     say(f"{latency_ms} ms: (c) typical Celery, {typical_n} jobs")
     with BenchStack(f"c-{latency_ms}ms", c) as stack:

@@ -80,7 +80,7 @@ def _print_table(title: str, rows: list[Row]) -> None:
 
 
 def latency_rows(result: dict[str, Any]) -> list[Row]:
-    a, b, c = result["a"], result["b"], result["c"]
+    a, b, c, t = result["a"], result["b"], result["c"], result["a_threads"]
     a_b = a["jobs_per_s"] / b["jobs_per_s"]
     a_c = a["jobs_per_s"] / c["jobs_per_s"]
     clients = " / ".join(f"{name} {v['rate']:.0f}" for name, v in b["clients"].items())
@@ -93,6 +93,10 @@ def latency_rows(result: dict[str, Any]) -> list[Row]:
         Row(f"(c) typical Celery jobs/s ({c['jobs']} jobs)", f"{c['jobs_per_s']:.2f} (prefork x{c['concurrency']})"),
         Row("a/b", f"{a_b:.3f}", f">= {TARGETS['a_over_b']}", a_b >= TARGETS["a_over_b"]),
         Row("a/c", f"{a_c:.1f}", f">= {TARGETS['a_over_c']:.0f}", a_c >= TARGETS["a_over_c"]),
+        Row("(a') llmq on Celery's thread pool: jobs/s", f"{t['jobs_per_s']:.1f}"),
+        Row("(a') RSS per 1,000 in flight; CPU per 1,000 jobs",
+            f"{t['rss_per_1000_in_flight_mb']:.1f} MB; {t['worker_cpu_s_per_1000_jobs']:.2f} s"),
+        Row("a/a' (asyncio pool over thread pool)", f"{a['jobs_per_s'] / t['jobs_per_s']:.2f}"),
         Row("(a) queue delay p50 / p99", f"{a['queue_delay_p50_ms']:.1f} / {a['queue_delay_p99_ms']:.1f} ms"),
         Row("(a) call time p50 / p99 (mock answers in L)", f"{a['call_ms_p50']:.0f} / {a['call_ms_p99']:.0f} ms"),
         Row("(a) call end to job finished p50 / p99",

@@ -1,8 +1,8 @@
 """The call to the proxy: `POST {base_url}/chat/completions` with the caller's key.
 
-One pooled httpx2 `AsyncClient` per worker process, sized to the worker's concurrency and
-used only on the process's event loop (`worker.event_loop`): hundreds of waiting calls
-cost one thread. Every failure leaves this module as an `UpstreamError` (see
+httpx2 `AsyncClient`s per worker process, their pools sized together to the worker's
+concurrency and used only on the process's event loop (`worker.event_loop`): hundreds of
+waiting calls cost one thread. Every failure leaves this module as an `UpstreamError` (see
 `worker.errors`), so callers never see a third-party exception.
 """
 
@@ -71,10 +71,6 @@ class UpstreamClient:
         self._pools = [
             _Pool(httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)) for _ in range(count)
         ]
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.client.aclose()
 
     async def complete(self, base_url: str, key: str, request: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming call; the ChatCompletion as the proxy sent it."""
