@@ -1,4 +1,4 @@
-"""A Celery pool that runs every task on the process's event loop (`-P worker.asyncio_pool:AsyncioPool`).
+"""A Celery pool that runs every task on the process's event loop (`LLMQ_WORKER_POOL=asyncio`, the default).
 
 Celery's thread pool holds one thread per waiting proxy call: about 150 KB of memory
 each, and 200 threads fighting the consumer for the GIL cap a process near 330 jobs/s.

@@ -102,4 +102,3 @@ def _serve_metrics(**_: object) -> None:
 
 
 app = create_celery()
-

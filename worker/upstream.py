@@ -96,8 +96,7 @@ class UpstreamClient:
                 take(parser.feed(line))
                 if assembler.done:
                     break
-            else:
-                take(parser.end())
+            take(parser.end())  # a last event with no blank line after it (ignored once [DONE] was seen)
             return assembler.result()
 
     @asynccontextmanager
@@ -142,7 +141,7 @@ _clients: dict[int, UpstreamClient] = {}
 
 
 def client_for(settings: Settings) -> UpstreamClient:
-    """The process-wide client (one pool for every call of a worker, on its event loop)."""
+    """The process-wide client: its pools serve every call of a worker, on the worker's event loop."""
     with _client_lock:
         client = _clients.get(id(settings))
         if client is None:

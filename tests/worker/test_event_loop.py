@@ -38,10 +38,20 @@ def test_a_plain_thread_cannot_hand_over_a_bare_future() -> None:
 
 def test_in_portals_waits_overlap_on_the_one_loop_thread() -> None:
     seen: list[tuple[str, bool]] = []
+    arrived: list[str] = []
+    all_arrived = asyncio.Event()
+
+    async def answer_when_all_arrived(name: str) -> str:
+        # Returns only once every task is waiting at once: run one after another, the first would never return.
+        arrived.append(name)
+        if len(arrived) == 20:
+            all_arrived.set()
+        await asyncio.wait_for(all_arrived.wait(), timeout=5)
+        return await answer_after(0.3, name)
 
     def task(name: str) -> str:
         seen.append((threading.current_thread().name, on_loop_thread()))
-        return wait(answer_after(0.3, name))
+        return wait(answer_when_all_arrived(name))
 
     started = time.monotonic()
     results = run_in_portals(*(lambda n=n: task(f"t{n}") for n in range(20)))
