@@ -14,6 +14,7 @@ from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 
 REDIS_TRANSPORT = "worker.redis_transport:Transport"
+CONSUMER = "worker.consumer:Consumer"
 POOLS = {"asyncio": "worker.asyncio_pool:AsyncioPool", "threads": "threads"}
 
 
@@ -47,8 +48,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_default_queue": keys.QUEUE_BY_PRIORITY["normal"],
         "task_serializer": "json",
         "accept_content": ["json"],
-        # Flower sees every task, its retries and its outcome.
+        # Flower sees every task, its retries and its outcome; the events go out in batches.
         "worker_send_task_events": True,
+        "worker_consumer": CONSUMER,
         # One more broker round trip per submission, for a PENDING state Flower can do without.
         "task_send_sent_event": settings.task_sent_events,
         "broker_connection_retry_on_startup": True,

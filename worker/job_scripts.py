@@ -30,8 +30,10 @@ return ARGV[4]
 # ARGV: now, lease_until, job_id
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
+# One read and one write of the record: every command here counts against the Redis budget per job.
 CLAIM = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status')
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
+  'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id')
 local status = f[1]
 if not status then return {'missing'} end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -39,24 +41,26 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
 end
 local now = tonumber(ARGV[1])
 if status == 'running' and tonumber(f[2] or '0') > now then return {'leased', f[2]} end
-local n = tonumber(f[3] or '0')
+local n = tonumber(f[3] or '0') + 1
+local changes = {'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2], 'updated_at', ARGV[1],
+  'attempt_started_at', ARGV[1]}
+if not f[5] then
+  table.insert(changes, 'started_at')
+  table.insert(changes, ARGV[1])
+end
 if status == 'running' then
   -- The previous holder vanished mid-call (worker lost): its attempt counts, and says so.
-  local lost = '{"n":' .. n .. ',"outcome":"worker_lost","error_type":"worker_lost",' ..
+  local lost = '{"n":' .. (n - 1) .. ',"outcome":"worker_lost","error_type":"worker_lost",' ..
     '"message":"the worker holding this attempt stopped before it finished","finished_at":' .. ARGV[1] .. '}'
   local prev = redis.call('HGET', KEYS[1], 'attempts')
-  redis.call('HSET', KEYS[1], 'attempts', prev and (prev .. '\\n' .. lost) or lost)
+  table.insert(changes, 'attempts')
+  table.insert(changes, prev and (prev .. '\\n' .. lost) or lost)
 end
-n = n + 1
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2],
-  'updated_at', ARGV[1], 'attempt_started_at', ARGV[1])
-if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+redis.call('HSET', KEYS[1], unpack(changes))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
   '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
-local r = redis.call('HMGET', KEYS[1], 'key_token', 'request', 'environment', 'max_attempts', 'model',
-  'callback_status', 'app_id')
-return {'claimed', n, r[1], r[2], r[3], r[4], r[5], r[6] or '', r[7] or ''}
+return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or ''}
 """
 
 # KEYS: job, events, active
@@ -64,19 +68,24 @@ return {'claimed', n, r[1], r[2], r[3], r[4], r[5], r[6] or '', r[7] or ''}
 #       terminal ('1'|'0'), job_id, field, value, ...
 # Returns {'ok', to_status} or {'refused', current_status} or {'missing'}
 TRANSITION = """
-local status = redis.call('HGET', KEYS[1], 'status')
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'lease_until', 'next_attempt_at')
+local status = f[1]
 if not status then return {'missing'} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {'refused', status} end
+local changes = {'status', ARGV[1], 'updated_at', ARGV[3]}
+for i = 8, #ARGV do table.insert(changes, ARGV[i]) end
 if ARGV[5] ~= '' then
-  local prev = redis.call('HGET', KEYS[1], 'attempts')
-  redis.call('HSET', KEYS[1], 'attempts', prev and (prev .. '\\n' .. ARGV[5]) or ARGV[5])
+  table.insert(changes, 'attempts')
+  table.insert(changes, f[2] and (f[2] .. '\\n' .. ARGV[5]) or ARGV[5])
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[3])
-if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if ARGV[6] == '1' then
+  table.insert(changes, 'finished_at')
+  table.insert(changes, ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(changes))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
 if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
+  if f[3] or f[4] then redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at') end
   redis.call('ZREM', KEYS[3], ARGV[7])
 else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])

@@ -11,6 +11,13 @@ do. So on a closed channel these become logged no-ops, and the worker reconnects
 Kombu also builds a new redis-py client object for every delivery, acknowledgement and
 event it publishes; the constructor (a table of ~200 reply parsers) cost a worker about
 7 % of its CPU. The object holds no connection of its own, so the channel keeps one.
+
+And it wraps the two writes that record a delivery, and the two that acknowledge it, in
+MULTI/EXEC: four commands where two do. Without the transaction, the order alone keeps
+the unacked index safe: a delivery is indexed before its message is stored, and an ack
+removes the message before its index entry. Cut between the two, what remains is an
+index entry without a message, which the restore pass drops. (The message already left
+its queue with BRPOP before either write, so the transaction never closed that window.)
 """
 
 from __future__ import annotations
@@ -49,6 +56,19 @@ class QoS(kombu_redis.QoS):
             log.info("reject of a message from a closed channel skipped; it returns after the visibility timeout")
             return None
         return super().reject(delivery_tag, requeue=requeue)
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        # Used by kombu only for recording a delivery and removing it (ack, reject): see the module's note.
+        if pipe:
+            yield pipe
+            return
+        with self.channel.conn_or_acquire(client) as acquired:
+            yield acquired.pipeline(transaction=False)
+
+    def _remove_from_indices(self, delivery_tag, pipe=None):  # type: ignore[no-untyped-def]
+        with self.pipe_or_acquire(pipe) as pipe:
+            return pipe.hdel(self.unacked_key, delivery_tag).zrem(self.unacked_index_key, delivery_tag)
 
 
 class Channel(kombu_redis.Channel):
