@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api import redis_client
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.job_store import AsyncJobStore
@@ -19,17 +20,6 @@ from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 
 BROKER_CHECK_TIMEOUT_S = 2.0
-
-
-def _redis(settings: Settings, socket_timeout_s: float | None) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s,
-        health_check_interval=30,
-        max_connections=10_000,
-    )
 
 
 def _broker_check(settings: Settings, redis_client: aioredis.Redis):  # type: ignore[no-untyped-def]
@@ -55,8 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = _redis(settings, settings.redis_socket_timeout_s)
-        blocking = _redis(settings, None)
+        client = redis_client.connect(settings, settings.redis_socket_timeout_s)
+        blocking = redis_client.connect(settings, None)
         app.state.settings = settings
         app.state.redis = client
         app.state.store = AsyncJobStore(client, blocking, settings.result_ttl_s)

@@ -68,7 +68,7 @@ def build_job(
     return NewJob(
         id=new_job_id(),
         owner=caller.owner,
-        key_token=key_token or vault.encrypt(caller.key),
+        key_token=key_token or vault.key_token(caller.key, caller.owner),
         app_id=caller.app_id,
         model=body.request.model,
         request=body.request.model_dump(mode="json", exclude_unset=True),
@@ -91,10 +91,13 @@ async def record_and_queue(
     then published through Celery; if that fails they are forgotten and the caller gets 503."""
     if settings.effective_broker_url == settings.redis_url:
         queues = [keys.QUEUE_BY_PRIORITY[job.priority] for job, _ in jobs]
-        return await store.submit_many([
+        submissions = [
             Submission(job, idem, queue=queue, message=call_proxy_message(celery_app, job.id, job.model, queue))
             for (job, idem), queue in zip(jobs, queues, strict=True)
-        ])
+        ]
+        if len(submissions) == 1:
+            return [await store.submit_one(submissions[0])]
+        return await store.submit_many(submissions)
     submissions = [Submission(job, idem) for job, idem in jobs]
     ids = await store.submit_many(submissions)
     fresh = [s for s, job_id in zip(submissions, ids, strict=True) if job_id == s.job.id]

@@ -17,6 +17,9 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from worker.platform_key import app_id_of
 
+# Callers whose key's token is kept at hand; beyond this many, the oldest is dropped.
+TOKEN_CACHE_SIZE = 4096
+
 
 class KeyVault:
     def __init__(self, server_secret: str) -> None:
@@ -24,9 +27,23 @@ class KeyVault:
         fernet_key = hashlib.sha256(b"llmq/fernet/" + secret).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(fernet_key))
         self._owner_key = hashlib.sha256(b"llmq/owner/" + secret).digest()
+        self._tokens: dict[str, str] = {}
 
     def encrypt(self, composite_key: str) -> str:
         return self._fernet.encrypt(composite_key.encode()).decode()
+
+    def key_token(self, composite_key: str, owner: str) -> str:
+        """The caller's key encrypted for its jobs, reused across a caller's submissions.
+
+        Fernet costs about as much as the rest of a submission's own work. One token per key
+        tells a reader of Redis only that jobs share a key, which their `owner` field says
+        already. The cache is keyed by that fingerprint, so no plaintext key is held in it."""
+        token = self._tokens.get(owner)
+        if token is None:
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                del self._tokens[next(iter(self._tokens))]
+            token = self._tokens[owner] = self.encrypt(composite_key)
+        return token
 
     def decrypt(self, token: str) -> str:
         """The plaintext key; raises `InvalidToken` if the server secret changed."""

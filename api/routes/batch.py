@@ -30,7 +30,7 @@ async def submit_batch(
     """Accept many jobs at once; invalid ones are refused one by one, with the reason, and the rest queued."""
     results: list[BatchItemResult] = []
     accepted: list[tuple[int, NewJob, str | None]] = []
-    key_token = vault.encrypt(caller.key)  # one encryption serves every job of the batch
+    key_token = vault.key_token(caller.key, caller.owner)  # one token serves every job of the batch
     for index, raw in enumerate(body.jobs):
         try:
             item = BatchItem.model_validate(raw)

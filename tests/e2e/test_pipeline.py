@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import httpx2
@@ -158,3 +159,31 @@ def test_priorities_are_accepted_and_run(stack: Stack, model: str, priority: str
     with stack.client() as client:
         job = wait_finished(client, submit(client, chat(model), priority=priority)["id"])
     assert job["status"] == "succeeded" and job["priority"] == priority
+
+
+def test_concurrent_single_posts_each_get_their_own_job(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    """Submissions that arrive together share Redis round trips; each still answers for its own job."""
+
+    async def post_all() -> list[httpx2.Response]:
+        headers = {"Authorization": f"Bearer {CALLER_KEY}"}
+        async with httpx2.AsyncClient(base_url=stack.base_url, headers=headers, timeout=60) as client:
+            return await asyncio.gather(*(
+                client.post("/v1/jobs", json={"request": chat(model, f"n{i}"), "metadata": {"i": i}},
+                            headers={"Idempotency-Key": f"{model}-{i % 30}"})
+                for i in range(60)
+            ))
+
+    responses = asyncio.run(post_all())
+    # Per key, one request creates the job and the other replays it, even inside one group.
+    assert sorted(r.status_code for r in responses) == [200] * 30 + [202] * 30
+    by_key: dict[int, set[str]] = {}
+    for i, response in enumerate(responses):
+        by_key.setdefault(i % 30, set()).add(response.json()["id"])
+    # One job per idempotency key, however the two requests for it were grouped.
+    assert all(len(ids) == 1 for ids in by_key.values()) and len(by_key) == 30
+    with stack.client() as client:
+        jobs = [wait_finished(client, next(iter(ids))) for ids in by_key.values()]
+    assert all(job["status"] == "succeeded" for job in jobs)
+    assert sorted(job["metadata"]["i"] % 30 for job in jobs) == list(range(30))
+    assert all(job["result"]["choices"][0]["message"]["content"] == f"Echo: n{job['metadata']['i']}" for job in jobs)
+    assert len(mock_proxy.calls(model)) == 30

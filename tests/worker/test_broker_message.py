@@ -44,4 +44,12 @@ def test_matches_a_message_published_by_celery(redis_url: str, monkeypatch: pyte
     assert without_varying(built["properties"]) == without_varying(published["properties"])
     assert base64.b64decode(built["body"]) == base64.b64decode(published["body"])
     assert built["headers"]["id"] == built["headers"]["root_id"] == built["properties"]["correlation_id"]
+    # Parts are built once and reused: each message still gets its own ids, job and queue.
+    other = json.loads(call_proxy_message(app, "job_y", 'm "2"', "llmq.low"))
+    assert other["headers"]["id"] != built["headers"]["id"]
+    assert other["properties"]["delivery_tag"] != built["properties"]["delivery_tag"]
+    assert json.loads(base64.b64decode(other["body"]))[0] == ["job_y"]
+    assert other["headers"]["argsrepr"] == """('job_y', model='m "2"')"""
+    assert other["properties"]["delivery_info"]["routing_key"] == "llmq.low"
+    assert built["headers"]["argsrepr"] == "('job_x', model='m')"
     client.close()
