@@ -13,6 +13,8 @@ from api.group_commit import GroupCommit
 from worker import job_scripts, keys
 from worker.jobs import TERMINAL, UNFINISHED, NewJob, is_terminal_event, state_event
 
+SUBMIT_CHUNK = 100
+
 # What redis-py returns from the stream commands, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
 StreamReply = list[tuple[str, StreamEntries]]
@@ -40,27 +42,35 @@ class AsyncJobStore:
         # Single submissions arriving together share a round trip (see api.group_commit).
         self.submit_one: GroupCommit[Submission, str] = GroupCommit(self.submit_many, max_items=1000)
 
-    def _submit_call(self, submission: Submission) -> dict[str, Any]:
-        job, idempotency_key = submission.job, submission.idempotency_key
-        idem = keys.idempotency(job.owner, idempotency_key) if idempotency_key else ""
-        pairs = [item for pair in job.to_fields().items() for item in pair]
-        return {
-            "keys": [keys.job(job.id), keys.job_events(job.id), keys.ACTIVE_JOBS, idem, submission.queue or ""],
-            "args": [self.ttl_s, repr(job.created_at), state_event("queued", job.created_at), job.id,
-                     submission.message, *pairs],
-        }
-
     async def submit_many(self, submissions: list[Submission]) -> list[str]:
         """Record jobs (and push their messages, when given) in one round trip.
 
-        Returns the id that answers for each: its own, or on an idempotent replay the earlier job's."""
-        if len(submissions) == 1:
+        Returns the id that answers for each: its own, or on an idempotent replay the earlier job's.
+        Chunks of `SUBMIT_CHUNK` jobs go to one script call each: one reply to read per chunk rather than
+        per job, while Redis still serves other clients between chunks."""
+        calls = [self._submit_call(submissions[i:i + SUBMIT_CHUNK]) for i in range(0, len(submissions), SUBMIT_CHUNK)]
+        if len(calls) == 1:
             # A pipeline asks SCRIPT EXISTS before every run; a lone call saves that round trip.
-            return [await self._submit(**self._submit_call(submissions[0]))]
+            return cast(list[str], await self._submit(**calls[0]))
         pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            await self._submit(**call, client=pipe)
+        return [job_id for chunk in await pipe.execute() for job_id in chunk]
+
+    def _submit_call(self, submissions: list[Submission]) -> dict[str, Any]:
+        keys_: list[str] = []
+        args: list[str | int] = [self.ttl_s]
         for submission in submissions:
-            await self._submit(**self._submit_call(submission), client=pipe)
-        return await pipe.execute()  # type: ignore[no-any-return]
+            job = submission.job
+            idem = keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
+            fields = job.to_fields()
+            keys_ += [keys.job(job.id), keys.job_events(job.id), idem, submission.queue or ""]
+            args += [len(fields), repr(job.created_at), state_event("queued", job.created_at), job.id,
+                     submission.message]
+            for pair in fields.items():
+                args += pair
+        keys_.append(keys.ACTIVE_JOBS)
+        return {"keys": keys_, "args": args}
 
     async def forget(self, submissions: list[Submission]) -> None:
         """Undo submissions whose messages could not be published."""

@@ -8,22 +8,32 @@ redelivered message for a finished job therefore finds nothing to do.
 
 from worker.keys import EVENTS_MAXLEN
 
-# KEYS: job, events, active, idempotency ('' for none), broker queue ('' to publish separately)
-# ARGV: ttl_s, now, event_json, job_id, broker message, field, value, ...
-# Returns the id of the job that answers for this submission (an earlier one on replay).
+# Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
+# KEYS: per job: job, events, idempotency ('' for none), broker queue ('' to publish separately); then active
+# ARGV: ttl_s, then per job: pair_count, now, event_json, job_id, broker message, field, value, ...
+# Returns, per job, the id that answers for it (an earlier job's on an idempotent replay).
 SUBMIT = """
-if KEYS[4] ~= '' then
-  local existing = redis.call('GET', KEYS[4])
-  if existing then return existing end
+local ttl, active = ARGV[1], KEYS[#KEYS]
+local ids, a = {}, 2
+for k = 1, #KEYS - 1, 4 do
+  local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
+  local now, event, id, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local existing = KEYS[k + 2] ~= '' and redis.call('GET', KEYS[k + 2])
+  if existing then
+    ids[#ids + 1] = existing
+  else
+    redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
+    redis.call('EXPIRE', KEYS[k], ttl)
+    redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', event)
+    redis.call('EXPIRE', KEYS[k + 1], ttl)
+    redis.call('ZADD', active, now, id)
+    if KEYS[k + 2] ~= '' then redis.call('SET', KEYS[k + 2], id, 'EX', ttl) end
+    if KEYS[k + 3] ~= '' then redis.call('LPUSH', KEYS[k + 3], message) end
+    ids[#ids + 1] = id
+  end
+  a = pairs_end + 1
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
-if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1]) end
-if KEYS[5] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[5]) end
-return ARGV[4]
+return ids
 """
 
 # KEYS: job, events, active

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -47,12 +48,15 @@ async def submit_batch(
         accepted.append((index, job, item.idempotency_key))
 
     ids = await record_and_queue(store, [(job, idem) for _, job, idem in accepted], settings) if accepted else []
+    submitted: Counter[tuple[str, str]] = Counter()
     for (index, job, _), job_id in zip(accepted, ids, strict=True):
         replayed = job_id != job.id
         results.append(BatchItemResult(index=index, id=job_id, status=None if replayed else "queued",
                                        replayed=replayed or None))
         if not replayed:
-            metrics.JOBS_SUBMITTED.labels(job.priority, job.environment).inc()
+            submitted[(job.priority, job.environment)] += 1
+    for labels, count in submitted.items():  # one update per label pair, not per job
+        metrics.JOBS_SUBMITTED.labels(*labels).inc(count)
     results.sort(key=lambda r: r.index)
     return BatchResult(accepted=len(accepted), rejected=len(body.jobs) - len(accepted), jobs=results).model_dump(
         exclude_none=True

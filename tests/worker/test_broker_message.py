@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -47,6 +48,7 @@ def test_matches_a_message_published_by_celery(redis_url: str, monkeypatch: pyte
     # Parts are built once and reused: each message still gets its own ids, job and queue.
     other = json.loads(call_proxy_message(app, "job_y", 'm "2"', "llmq.low"))
     assert other["headers"]["id"] != built["headers"]["id"]
+    assert all(uuid.UUID(m["headers"]["id"]).version == 4 for m in (built, other, published))
     assert other["properties"]["delivery_tag"] != built["properties"]["delivery_tag"]
     assert json.loads(base64.b64decode(other["body"]))[0] == ["job_y"]
     assert other["headers"]["argsrepr"] == """('job_y', model='m "2"')"""
