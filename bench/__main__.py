@@ -7,6 +7,7 @@ bench/results/latest.json. Every process runs on loopback with a private Redis a
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -69,6 +70,16 @@ def run_latency(args: argparse.Namespace, latency_ms: int, first: bool, out: dic
         stack.start_api()
         stack.start_worker({**stack.env(), "LLMQ_WORKER_POOL": "threads"})
         result["a_threads"] = run_end_to_end(stack, n, latency_ms, c)
+    cores = os.cpu_count() or 1
+    say(f"{latency_ms} ms: (a2) llmq with one worker process per core ({cores} x {c // cores} slots), {n} jobs")
+    with BenchStack(f"a-per-core-{latency_ms}ms", c) as stack:
+        stack.start_mock(latency_ms)
+        stack.start_api()
+        slots = max(c // cores, 1)
+        for i in range(cores):
+            stack.start_worker({**stack.env(), "LLMQ_WORKER_CONCURRENCY": str(slots)}, name=f"bench{i + 1}")
+        result["a_per_core"] = {**run_end_to_end(stack, n, latency_ms, c), "processes": cores,
+                                "slots_per_process": slots}
     typical_n = min(n, args.typical_jobs)
     say(f"{latency_ms} ms: (c) typical Celery, {typical_n} jobs")
     with BenchStack(f"c-{latency_ms}ms", c) as stack:

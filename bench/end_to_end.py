@@ -81,22 +81,23 @@ def warm_up(stack: BenchStack, count: int) -> None:
 
 
 def run_end_to_end(stack: BenchStack, n: int, latency_ms: int, concurrency: int) -> dict[str, Any]:
-    assert stack.worker is not None and stack.redis is not None
-    pid = stack.worker.pid
+    assert stack.workers and stack.redis is not None
+    # With several worker processes, memory and CPU are their sums.
+    pids = [worker.pid for worker in stack.workers]
     warm_up(stack, WARM_UP_JOBS)
     time.sleep(1.0)  # let the worker settle before taking the idle figures
-    idle_rss = rss_bytes(pid)
-    cpu_before = cpu_seconds(pid)
+    idle_rss = rss_bytes(pids)
+    cpu_before = cpu_seconds(pids)
     stats_before = CommandStats.read(stack.redis)
     drain = Drain(stack)
     # Ideal time plus generous room for a loaded machine.
     timeout_s = 120 + 5 * n * latency_ms / 1000 / concurrency
-    with RssSampler(pid) as sampler, api_client(stack) as client:
+    with RssSampler(pids) as sampler, api_client(stack) as client:
         started = time.time()
         ids = submit_batches(client, 0, n)
         submitted = time.time()
         drain.wait(timeout_s)
-    cpu_used = cpu_seconds(pid) - cpu_before
+    cpu_used = cpu_seconds(pids) - cpu_before
     stats = commands_of_run(stats_before, CommandStats.read(stack.redis), drain.own)
 
     times = read_times(stack.redis, ids)

@@ -21,15 +21,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
+def _tree(pids: int | Sequence[int]) -> list[psutil.Process]:
+    found: list[psutil.Process] = []
+    for pid in [pids] if isinstance(pids, int) else pids:
+        root = psutil.Process(pid)
+        found += [root, *root.children(recursive=True)]
+    return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its live and reaped children."""
+def cpu_seconds(pids: int | Sequence[int]) -> float:
+    """User + system CPU of processes and all their live and reaped children."""
     total = 0.0
-    for proc in _tree(pid):
+    for proc in _tree(pids):
         try:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:
@@ -38,9 +41,9 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pids: int | Sequence[int]) -> int:
     total = 0
-    for proc in _tree(pid):
+    for proc in _tree(pids):
         try:
             total += proc.memory_info().rss
         except psutil.NoSuchProcess:
@@ -49,10 +52,10 @@ def rss_bytes(pid: int) -> int:
 
 
 class RssSampler:
-    """Samples a process tree's RSS on a thread until stopped; keeps the peak and when it happened."""
+    """Samples process trees' RSS on a thread until stopped; keeps the peak and when it happened."""
 
-    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
-        self.pid = pid
+    def __init__(self, pids: int | Sequence[int], interval_s: float = 0.1) -> None:
+        self.pids = pids
         self.interval_s = interval_s
         self.peak = 0
         self.peak_at = 0.0
@@ -62,7 +65,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss = rss_bytes(self.pid)
+            rss = rss_bytes(self.pids)
             self.samples.append((time.time(), rss))
             if rss > self.peak:
                 self.peak, self.peak_at = rss, time.time()

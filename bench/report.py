@@ -80,7 +80,7 @@ def _print_table(title: str, rows: list[Row]) -> None:
 
 
 def latency_rows(result: dict[str, Any]) -> list[Row]:
-    a, b, c, t = result["a"], result["b"], result["c"], result["a_threads"]
+    a, b, c, t, p = result["a"], result["b"], result["c"], result["a_threads"], result["a_per_core"]
     a_b = a["jobs_per_s"] / b["jobs_per_s"]
     a_c = a["jobs_per_s"] / c["jobs_per_s"]
     clients = " / ".join(f"{name} {v['rate']:.0f}" for name, v in b["clients"].items())
@@ -97,6 +97,11 @@ def latency_rows(result: dict[str, Any]) -> list[Row]:
         Row("(a') RSS per 1,000 in flight; CPU per 1,000 jobs",
             f"{t['rss_per_1000_in_flight_mb']:.1f} MB; {t['worker_cpu_s_per_1000_jobs']:.2f} s"),
         Row("a/a' (asyncio pool over thread pool)", f"{a['jobs_per_s'] / t['jobs_per_s']:.2f}"),
+        Row(f"(a2) one worker per core ({p['processes']} x {p['slots_per_process']}): jobs/s",
+            f"{p['jobs_per_s']:.1f}; a2/b {p['jobs_per_s'] / b['jobs_per_s']:.3f}; "
+            f"a2/c {p['jobs_per_s'] / c['jobs_per_s']:.1f}"),
+        Row("(a2) RSS per 1,000 in flight; CPU per 1,000 jobs",
+            f"{p['rss_per_1000_in_flight_mb']:.1f} MB; {p['worker_cpu_s_per_1000_jobs']:.2f} s"),
         Row("(a) queue delay p50 / p99", f"{a['queue_delay_p50_ms']:.1f} / {a['queue_delay_p99_ms']:.1f} ms"),
         Row("(a) call time p50 / p99 (mock answers in L)", f"{a['call_ms_p50']:.0f} / {a['call_ms_p99']:.0f} ms"),
         Row("(a) call end to job finished p50 / p99",

@@ -48,7 +48,8 @@ class BenchStack:
         self.mock_url = UNUSED_UPSTREAM
         self.api_url = ""
         self.api: ManagedProcess | None = None
-        self.worker: ManagedProcess | None = None
+        self.worker: ManagedProcess | None = None  # the last one started
+        self.workers: list[ManagedProcess] = []
         self.redis: redis.Redis | None = None
         self.secret = secrets.token_urlsafe(24)  # one per stack: the worker must read the API's encrypted keys
 
@@ -75,8 +76,9 @@ class BenchStack:
         self.api.wait_for_http(f"{self.api_url}/healthz")
         return self.api_url
 
-    def start_worker(self, env: dict[str, str] | None = None) -> ManagedProcess:
-        self.worker = worker_process(env or self.env(), self.log_dir / "worker.log", "bench")
+    def start_worker(self, env: dict[str, str] | None = None, name: str = "bench") -> ManagedProcess:
+        self.worker = worker_process(env or self.env(), self.log_dir / f"{name}.log", name)
+        self.workers.append(self.worker)
         self.processes.append(self.worker.start())
         self.worker.wait_for_log("ready.", timeout_s=60)
         return self.worker

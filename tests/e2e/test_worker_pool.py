@@ -5,15 +5,20 @@ Each pool gets a stack of its own (Redis db 13 and 14), with a worker of 40 slot
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+import redis
 
 from devstack.redis_server import RedisServer
 from tests.brokers import pending_messages
@@ -80,3 +85,45 @@ def test_warm_shutdown_finishes_the_calls_in_hand(pool_stack: Stack, mock_proxy:
     assert [len(job["attempts"]) for job in jobs] == [1] * 5
     assert len(mock_proxy.calls(model)) == 5
     assert pending_messages(pool_stack.env["LLMQ_BROKER_URL"], pool_stack.redis_url) == 0
+
+
+def task_events(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events in one published kombu message: a `task.multi` batch is a list of them."""
+    payload = json.loads(message["data"])
+    body = json.loads(base64.b64decode(payload["body"]))
+    return body if isinstance(body, list) else [body]
+
+
+def test_task_events_reach_the_broker_in_batches(pool_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    if not pool_stack.workers:
+        pool_stack.start_worker()
+    count = 30
+    listener = redis.Redis.from_url(pool_stack.env["LLMQ_BROKER_URL"])
+    subscription = listener.pubsub(ignore_subscribe_messages=True)
+    subscription.psubscribe("*celeryev/task.*")
+    mock_proxy.script(model, *[{"kind": "ok", "latency_ms": 300}] * count)
+    with pool_stack.client() as client:
+        jobs = [{"request": chat(model, f"e{i}")} for i in range(count)]
+        accepted = client.post("/v1/jobs/batch", json={"jobs": jobs})
+        ids = {item["id"] for item in accepted.json()["jobs"]}
+        assert [wait_finished(client, job_id)["status"] for job_id in ids] == ["succeeded"] * count
+
+    ours: set[str] = set()
+    succeeded: set[str] = set()
+    publishes = 0
+    deadline = time.monotonic() + 5
+    while len(succeeded) < count and time.monotonic() < deadline:
+        message = subscription.get_message(timeout=0.5)
+        if message is None:
+            continue
+        events = task_events(message)
+        received = {e["uuid"] for e in events if e["type"] == "task-received" and any(i in e["args"] for i in ids)}
+        done = {e["uuid"] for e in events if e["type"] == "task-succeeded" and e["uuid"] in ours | received}
+        ours |= received
+        succeeded |= done
+        publishes += bool(received or done)
+    subscription.close()
+    listener.close()
+    # Every task's events arrive (what Flower shows), 60 of them in a few messages rather than one each.
+    assert len(ours) == count and len(succeeded) == count
+    assert publishes <= 15, f"{publishes} publishes for {2 * count} task events"
