@@ -65,8 +65,7 @@ class AsyncJobStore:
             idem = keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.to_fields()
             keys_ += [keys.job(job.id), keys.job_events(job.id), idem, submission.queue or ""]
-            args += [len(fields), repr(job.created_at), state_event("queued", job.created_at), job.id,
-                     submission.message]
+            args += [len(fields), repr(job.created_at), job.id, submission.message]
             for pair in fields.items():
                 args += pair
         keys_.append(keys.ACTIVE_JOBS)

@@ -10,21 +10,23 @@ from worker.keys import EVENTS_MAXLEN
 
 # Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
 # KEYS: per job: job, events, idempotency ('' for none), broker queue ('' to publish separately); then active
-# ARGV: ttl_s, then per job: pair_count, now, event_json, job_id, broker message, field, value, ...
+# ARGV: ttl_s, then per job: pair_count, now, job_id, broker message, field, value, ...
+# The `queued` event is written here, as worker.jobs.state_event("queued", now) would write it.
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay).
 SUBMIT = """
 local ttl, active = ARGV[1], KEYS[#KEYS]
 local ids, a = {}, 2
 for k = 1, #KEYS - 1, 4 do
-  local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
-  local now, event, id, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local pairs_end = a + 3 + 2 * tonumber(ARGV[a])
+  local now, id, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local existing = KEYS[k + 2] ~= '' and redis.call('GET', KEYS[k + 2])
   if existing then
     ids[#ids + 1] = existing
   else
-    redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
+    redis.call('HSET', KEYS[k], unpack(ARGV, a + 4, pairs_end))
     redis.call('EXPIRE', KEYS[k], ttl)
-    redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', event)
+    redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
+      '{"type":"state","status":"queued","at":' .. now .. '}')
     redis.call('EXPIRE', KEYS[k + 1], ttl)
     redis.call('ZADD', active, now, id)
     if KEYS[k + 2] ~= '' then redis.call('SET', KEYS[k + 2], id, 'EX', ttl) end
