@@ -14,6 +14,7 @@ from worker import keys
 CONNECTIONS = 64
 BATCH_SIZE = 1000
 BATCH_CONNECTIONS = 2  # one request in the server and one on the way keeps a single process busy
+ROUNDS = 3
 HEADERS = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
 
 
@@ -46,19 +47,29 @@ def run_submission(stack: BenchStack, posts: int, batches: int) -> dict[str, Any
     _load(stack, "GET", "/healthz", None, 100, CONNECTIONS, 200)
     _load(stack, "POST", "/v1/jobs/batch", batch_body, 1, 1, 202)
 
-    health = _load(stack, "GET", "/healthz", None, posts, CONNECTIONS, 200)
-    single = _load(stack, "POST", "/v1/jobs", single_body, posts, CONNECTIONS, 202)
-    batch = _load(stack, "POST", "/v1/jobs/batch", batch_body, batches, BATCH_CONNECTIONS, 202)
+    # The machine's speed drifts from minute to minute: the trivial endpoint and the POST are measured
+    # back to back, in several rounds, and the median round is the figure.
+    rounds = []
+    for _ in range(ROUNDS):
+        health = _load(stack, "GET", "/healthz", None, posts, CONNECTIONS, 200)
+        single = _load(stack, "POST", "/v1/jobs", single_body, posts, CONNECTIONS, 202)
+        batch = _load(stack, "POST", "/v1/jobs/batch", batch_body, batches, BATCH_CONNECTIONS, 202)
+        rounds.append({"healthz": _summary(health), "single_post": _summary(single),
+                       "batch": _summary(batch, BATCH_SIZE), "single_vs_healthz": single["rate"] / health["rate"]})
     queued = stack.redis.zcard(keys.ACTIVE_JOBS)
-    expected = 100 + BATCH_SIZE + posts + batches * BATCH_SIZE
+    expected = 100 + BATCH_SIZE + ROUNDS * (posts + batches * BATCH_SIZE)
     if queued != expected:
         raise RuntimeError(f"{queued} jobs recorded, expected {expected}")
+    by_ratio = sorted(rounds, key=lambda r: r["single_vs_healthz"])
+    by_batch = sorted(rounds, key=lambda r: r["batch"]["per_s"])
+    middle = by_ratio[len(rounds) // 2]
     return {
         "connections": CONNECTIONS,
-        "healthz": _summary(health),
-        "single_post": _summary(single),
-        "batch": {**_summary(batch, BATCH_SIZE), "jobs_per_request": BATCH_SIZE, "requests": batches,
+        "rounds": rounds,
+        "healthz": middle["healthz"],
+        "single_post": middle["single_post"],
+        "batch": {**by_batch[len(rounds) // 2]["batch"], "jobs_per_request": BATCH_SIZE, "requests": batches,
                   "connections": BATCH_CONNECTIONS},
-        "single_vs_healthz": single["rate"] / health["rate"],
+        "single_vs_healthz": middle["single_vs_healthz"],
         "client": "aiohttp on uvloop, separate process",
     }
