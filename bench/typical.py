@@ -18,6 +18,7 @@ from bench.jobs import chat_request
 from bench.stack import BENCH_KEY, ROOT, BenchStack
 from devstack.processes import VENV_BIN, ManagedProcess
 
+# As in bench.typical_celery, not imported from there: importing it creates that app in this process.
 ENV_URL = "TYPICAL_CELERY_REDIS_URL"
 
 

@@ -45,7 +45,7 @@ class JobStore:
         self._claim_delivery = client.register_script(job_scripts.CLAIM_DELIVERY)
 
     def _run(self, script: Script, keys_: list[str], args: list[Any]) -> Any:
-        """A script call on the hot path, without redis-py's inspection of every call's arguments
+        """Every script call of the worker: `EVALSHA` without redis-py's inspection of each call's arguments
         (its `evalsha` is wrapped in a deprecation check that cost the worker a few % of its CPU)."""
         try:
             return self.redis.execute_command("EVALSHA", script.sha, len(keys_), *keys_, *args)
@@ -155,7 +155,7 @@ class JobStore:
 
     def claim_delivery(self, job_id: str, now: float, lease_s: float) -> tuple[str, str]:
         """('claimed', attempts made so far) | ('not_due', next_at) | ('none', callback status)."""
-        state, detail = self._claim_delivery(keys=[keys.job(job_id)], args=[repr(now), repr(now + lease_s)])
+        state, detail = self._run(self._claim_delivery, [keys.job(job_id)], [repr(now), repr(now + lease_s)])
         return state, detail
 
     def update_callback(
@@ -163,9 +163,8 @@ class JobStore:
     ) -> str | None:
         """Change the callback's bookkeeping if its status is one of `allowed`; the status it had, or None."""
         pairs = [item for pair in fields.items() for item in pair]
-        reply = self._update_callback(
-            keys=[keys.job(job_id)], args=[_csv(allowed), dumps(delivery) if delivery else "", *pairs]
-        )
+        args = [_csv(allowed), dumps(delivery) if delivery else "", *pairs]
+        reply = self._run(self._update_callback, [keys.job(job_id)], args)
         return reply or None
 
     def fields(self, job_id: str) -> dict[str, str]:

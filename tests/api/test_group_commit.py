@@ -9,20 +9,33 @@ import pytest
 from api.group_commit import GroupCommit
 
 
+async def one_turn() -> None:
+    """Let every task that is ready run up to its next wait: new callers reach the queue, nothing more."""
+    await asyncio.sleep(0)
+
+
 class Recorder:
     """A commit that records its groups; each waits until the test opens the gate."""
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.groups: list[list[int]] = []
         self.gate = asyncio.Event()
+        self.started = asyncio.Condition()
         self.fail_on = fail_on
 
     async def commit(self, items: list[int]) -> list[str]:
-        self.groups.append(items)
+        async with self.started:
+            self.groups.append(items)
+            self.started.notify_all()
         await self.gate.wait()
         if self.fail_on in items:
             raise ConnectionError("redis went away")
         return [f"id-{item}" for item in items]
+
+    async def until_started(self, count: int) -> None:
+        """Until `count` commits have started (each then waits at the gate, or has passed it)."""
+        async with self.started:
+            await asyncio.wait_for(self.started.wait_for(lambda: len(self.groups) >= count), 1)
 
 
 def test_a_lone_call_goes_at_once() -> None:
@@ -40,9 +53,9 @@ def test_calls_arriving_during_a_commit_go_together_in_the_next() -> None:
         recorder = Recorder()
         group = GroupCommit(recorder.commit, max_items=4)
         first = asyncio.create_task(group(0))
-        await asyncio.sleep(0.01)  # the first commit is on the wire
+        await recorder.until_started(1)  # the first commit is on the wire
         rest = [asyncio.create_task(group(i)) for i in range(1, 10)]
-        await asyncio.sleep(0.01)
+        await one_turn()
         assert recorder.groups == [[0]]  # nobody else went while it was in flight
         recorder.gate.set()
         return await asyncio.gather(first, *rest), recorder.groups
@@ -57,9 +70,9 @@ def test_a_failed_commit_fails_its_own_group_only() -> None:
         recorder = Recorder(fail_on=2)
         group = GroupCommit(recorder.commit, max_items=3)
         first = asyncio.create_task(group(0))
-        await asyncio.sleep(0.01)
+        await recorder.until_started(1)
         rest = [asyncio.create_task(group(i)) for i in range(1, 6)]
-        await asyncio.sleep(0.01)
+        await one_turn()
         recorder.gate.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
@@ -74,15 +87,15 @@ def test_a_caller_that_goes_away_does_not_take_its_item_back() -> None:
         recorder = Recorder()
         group = GroupCommit(recorder.commit, max_items=10)
         first = asyncio.create_task(group(0))
-        await asyncio.sleep(0.01)
+        await recorder.until_started(1)
         leaving = asyncio.create_task(group(1))
-        await asyncio.sleep(0.01)
+        await one_turn()
         leaving.cancel()
         recorder.gate.set()
         assert await first == "id-0"
         with pytest.raises(asyncio.CancelledError):
             await leaving
-        await asyncio.sleep(0.01)
+        await recorder.until_started(2)
         return recorder.groups
 
     assert asyncio.run(run()) == [[0], [1]]
