@@ -71,3 +71,8 @@ class JobPublic(BaseModel):
 def job_json(fields: dict[str, str]) -> dict[str, Any]:
     """The JSON-ready public view of a stored record, as the API serves it."""
     return JobPublic.model_validate(public_view(fields)).model_dump(mode="json", exclude_none=True)
+
+
+def job_json_bytes(fields: dict[str, str]) -> bytes:
+    """The same view as `job_json`, serialized by pydantic in one step (the API's answer to a submission)."""
+    return JobPublic.model_validate(public_view(fields)).model_dump_json(exclude_none=True).encode()

@@ -5,21 +5,24 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
+from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep, caller_of
+from api.direct_route import direct_route, header, json_body, json_response, require_json
 from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
 from api.submission import build_job, check_callback, check_limits, record_and_queue
 from worker import metrics
+from worker.job_view import job_json_bytes
 from worker.jobs import TERMINAL, public_view
 from worker.tasks import enqueue_delivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_WAIT_S = 60
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 JOB_ID_PATTERN = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 503)
@@ -49,46 +52,48 @@ async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dic
     return check_owner(job_id, await store.fields(job_id), caller)
 
 
-async def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"Send the job as JSON with 'Content-Type: application/json' (got {content_type or 'none'!r}).")
+async def submission_arguments(request: Request) -> dict[str, Any]:
+    """What FastAPI would resolve for `submit_job`, read off the request directly (see api.direct_route)."""
+    require_json(request)
+    state = request.app.state
+    return {
+        "caller": caller_of(request, request.headers.get("authorization")),
+        "body": await json_body(request, JobCreate),
+        "idempotency_key": header(request, "idempotency-key", IDEMPOTENCY_KEY_MAX_LENGTH),
+        "settings": state.settings, "store": state.store, "vault": state.vault,
+    }
 
 
-@router.post(
-    "",
-    status_code=202,
-    dependencies=[Depends(require_json)],
-    response_model=JobPublic,
-    response_model_exclude_none=True,
-    responses={200: {"model": JobPublic, "description": "Idempotent replay: the job this key created."}, **ERRORS},
-)
 async def submit_job(
     body: JobCreate,
-    response: Response,
     caller: CallerDep,
     settings: SettingsDep,
     store: StoreDep,
     vault: VaultDep,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=255, description="Same key, same caller, within the TTL: the first job is returned."),
+        Header(max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+               description="Same key, same caller, within the TTL: the first job is returned."),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Accept a chat request and queue it; answers at once with the job's id."""
     check_limits(body, settings)
     await check_callback(body, settings)
     job = build_job(body, caller, settings, vault)
     (job_id,) = await record_and_queue(store, [(job, idempotency_key)], settings)
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    headers = {"Location": f"/v1/jobs/{job_id}"}
     if job_id != job.id:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-        return public_view(await owned_fields(store, job_id, caller))
+        headers["Idempotent-Replayed"] = "true"
+        return json_response(job_json_bytes(await owned_fields(store, job_id, caller)), 200, headers)
     metrics.JOBS_SUBMITTED.labels(job.priority, job.environment).inc()
-    return public_view(job.to_fields())
+    return json_response(job_json_bytes(job.to_fields()), 202, headers)
+
+
+router.add_api_route(
+    "", submit_job, methods=["POST"], status_code=202, response_model=JobPublic, response_model_exclude_none=True,
+    responses={200: {"model": JobPublic, "description": "Idempotent replay: the job this key created."}, **ERRORS},
+    route_class_override=direct_route(submission_arguments),
+)
 
 
 @router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
