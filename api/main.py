@@ -15,6 +15,7 @@ from api.errors import install_error_handlers
 from api.job_store import AsyncJobStore
 from api.routes import batch, events, health, jobs, metrics
 from worker.celery_app import app as celery_app
+from worker.heap import freeze_startup_objects
 from worker.key_vault import vault_for
 from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = AsyncJobStore(client, blocking, settings.result_ttl_s)
         app.state.vault = vault_for(settings.server_secret)
         app.state.broker_check = _broker_check(settings, client)
+        freeze_startup_objects()
         yield
         await client.aclose()
         await blocking.aclose()

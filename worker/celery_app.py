@@ -10,6 +10,7 @@ from kombu import Queue
 from prometheus_client import start_http_server
 
 from worker import keys
+from worker.heap import freeze_startup_objects
 from worker.logs import configure_logging
 from worker.settings import Settings, get_settings
 
@@ -91,6 +92,11 @@ def _start_sweeper(**_: object) -> None:
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+
+
+@worker_ready.connect
+def _freeze_startup_objects(**_: object) -> None:
+    freeze_startup_objects()
 
 
 @worker_ready.connect
