@@ -17,7 +17,16 @@ from typing import Any
 from bench.breakdown import run_breakdown
 from bench.ceiling import run_ceiling
 from bench.end_to_end import run_end_to_end, run_idle_delay
-from bench.report import machine, print_breakdown, print_common, print_latency, print_machine, write_json
+from bench.memory import run_memory
+from bench.report import (
+    machine,
+    print_breakdown,
+    print_common,
+    print_latency,
+    print_machine,
+    print_memory,
+    write_json,
+)
 from bench.stack import LOG_DIR, RESULTS_DIR, BenchStack
 from bench.submission import run_submission
 from bench.typical import run_typical
@@ -32,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--posts", type=int, default=3000, help="single POSTs (and GET /healthz) for (d)")
     parser.add_argument("--batches", type=int, default=10, help="1000-job batch requests for (d)")
     parser.add_argument("--idle-jobs", type=int, default=200, help="jobs submitted one at a time for (e)")
+    parser.add_argument("--memory-calls", type=int, default=1000, help="calls held in flight at once for (f) (0: skip)")
     parser.add_argument("--breakdown-jobs", type=int, default=300, help="jobs run under MONITOR (0: skip)")
     parser.add_argument("--quick", action="store_true", help="600 jobs, 500 ms only, 100 typical jobs")
     parser.add_argument("--output", default=str(RESULTS_DIR / "latest.json"))
@@ -106,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             out["latencies"][str(latency_ms)] = run_latency(args, latency_ms, i == 0, out)
             print_latency(latency_ms, config, out["latencies"][str(latency_ms)])
         print_common(out["d"], out["e"])
+        if args.memory_calls:
+            say(f"(f) worker memory with {args.memory_calls} calls in flight at once, asyncio and thread pools")
+            out["f"] = run_memory(args.memory_calls)
+            print_memory(out["f"])
         if "redis_breakdown" in out:
             print_breakdown(out["redis_breakdown"])
     finally:

@@ -16,7 +16,7 @@ import psutil
 
 PACKAGES = ("celery", "kombu", "redis", "httpx2", "aiohttp", "uvicorn", "fastapi", "uvloop", "httpx")
 TARGETS = {"a_over_b": 0.9, "a_over_c": 50.0, "single_vs_healthz": 0.5, "batch_jobs_per_s": 10_000.0,
-           "idle_p99_ms": 20.0}
+           "idle_p99_ms": 20.0, "rss_per_1000_mb": 50.0}
 
 
 def _cpu_model() -> str:
@@ -144,6 +144,21 @@ def common_rows(d: dict[str, Any], e: dict[str, Any]) -> list[Row]:
     ]
 
 
+def memory_rows(f: dict[str, Any]) -> list[Row]:
+    rows = []
+    for pool, label in (("asyncio", "asyncio pool (default)"), ("threads", "Celery's thread pool")):
+        r = f[pool]
+        per_1000 = r["rss_per_1000_in_flight_mb"]
+        rows.append(Row(
+            f"(f) worker RSS per 1,000 in-flight calls, {label}",
+            f"{per_1000:.1f} MB ({r['worker_idle_rss_mb']:.1f} -> {r['worker_full_load_rss_mb']:.1f} MB idle -> "
+            f"{r['in_flight_at_full_load_sample']} in flight)",
+            *((f"<= {TARGETS['rss_per_1000_mb']:.0f}", per_1000 <= TARGETS["rss_per_1000_mb"])
+              if pool == "asyncio" else ()),
+        ))
+    return rows
+
+
 def print_machine(info: dict[str, Any]) -> None:
     packages = ", ".join(f"{k} {v}" for k, v in info["packages"].items())
     print(f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs ({info['physical_cores']} cores),"
@@ -158,6 +173,11 @@ def print_latency(latency_ms: int, config: dict[str, Any], result: dict[str, Any
 
 def print_common(d: dict[str, Any], e: dict[str, Any]) -> None:
     _print_table(f"submission (one API process, {d['connections']} connections) and idle worker", common_rows(d, e))
+
+
+def print_memory(f: dict[str, Any]) -> None:
+    _print_table(f"worker memory ({f['calls']} calls in flight at once, mock at {f['latency_ms']} ms)",
+                 memory_rows(f))
 
 
 def print_breakdown(breakdown: dict[str, Any]) -> None:

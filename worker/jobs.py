@@ -17,11 +17,12 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 UNFINISHED: tuple[str, ...] = ("queued", "running", "retrying")
 
 JOB_ID_PREFIX = "job_"
-_JSON_FIELDS = ("request", "metadata", "result", "error", "callback")
+_JSON_FIELDS = ("metadata", "result", "error", "callback")
 _FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_attempt_at")
-# Internal fields that never leave the store through the public view.
+# Fields that never leave the store through the public view: internal ones, and the request, which is the
+# caller's own and not part of JobPublic (parsing it, up to megabytes, only to drop it slowed every read).
 _PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "attempt_count",
-                   "callback_secret_token", "callback_attempts", "callback_next_at")
+                   "callback_secret_token", "callback_attempts", "callback_next_at", "request")
 
 
 def new_job_id() -> str:
