@@ -96,6 +96,15 @@ def test_no_key_and_no_service_key_is_401(stack: Stack) -> None:
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_an_idempotency_key_over_255_characters_is_422(stack: Stack) -> None:
+    with stack.client() as client:
+        response = client.post("/v1/jobs", json=GOOD, headers={"Idempotency-Key": "k" * 256})
+        accepted = client.post("/v1/jobs", json=GOOD, headers={"Idempotency-Key": "k" * 255})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"] == "header.idempotency-key: String should have at most 255 characters"
+    assert accepted.status_code == 202
+
+
 @pytest.mark.parametrize("job_id", ["job_doesnotexist12345678901", "nonsense", "job_" + "a" * 200])
 def test_unknown_ids_are_404(stack: Stack, job_id: str) -> None:
     with stack.client() as client:
