@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
+from fastapi import Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller
+from api.deps import Caller, caller_of
+from api.direct_route import json_body, require_json
 from api.errors import ApiError
 from api.job_store import AsyncJobStore, Submission
 from api.schemas import JobCreate
@@ -20,6 +24,17 @@ from worker.key_vault import KeyVault
 from worker.settings import Settings
 from worker.tasks import enqueue_many
 from worker.webhooks import check_secret
+
+
+async def submission_arguments(request: Request, body_model: type[BaseModel]) -> dict[str, Any]:
+    """What FastAPI would resolve for a submission route, read off the request directly (see api.direct_route)."""
+    require_json(request)
+    state = request.app.state
+    return {
+        "caller": caller_of(request, request.headers.get("authorization")),
+        "body": await json_body(request, body_model),
+        "settings": state.settings, "store": state.store, "vault": state.vault,
+    }
 
 
 def check_limits(body: JobCreate, settings: Settings) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
@@ -51,7 +51,6 @@ class NewJob:
     metadata: dict[str, Any] | None = None
     callback: dict[str, Any] | None = None
     callback_secret_token: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def to_fields(self) -> dict[str, str]:
         fields = {
@@ -68,7 +67,6 @@ class NewJob:
             "created_at": repr(self.created_at),
             "updated_at": repr(self.created_at),
             "stream": "1" if self.request.get("stream") else "0",
-            **self.extra,
         }
         if self.metadata is not None:
             fields["metadata"] = dumps(self.metadata)

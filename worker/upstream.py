@@ -69,7 +69,7 @@ class UpstreamClient:
         count = -(-settings.worker_concurrency // size)
         limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
         # One TLS context for every pool: each client would otherwise load the CA bundle again
-        # (13 pools: half a second of start-up and 14 MB).
+        # (13 pools: half a second of start-up and 10 MB).
         tls = httpx2.create_ssl_context()
         self._pools = [
             _Pool(httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, verify=tls))

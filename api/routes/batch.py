@@ -9,12 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from api.deps import CallerDep, SettingsDep, StoreDep, VaultDep, caller_of
-from api.direct_route import direct_route, json_body, json_response, require_json
+from api.deps import CallerDep, SettingsDep, StoreDep, VaultDep
+from api.direct_route import direct_route, json_response
 from api.errors import ApiError
 from api.routes.jobs import ERRORS
 from api.schemas import BatchCreate, BatchItem, BatchResult
-from api.submission import build_job, check_callback, check_limits, record_and_queue
+from api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
 from worker import metrics
 from worker.jobs import NewJob
 
@@ -27,13 +27,8 @@ def _refused(index: int, message: str, error_type: str = "invalid_request") -> d
     return {"index": index, "error": {"type": error_type, "message": message}}
 
 
-async def batch_arguments(request: Request) -> dict[str, Any]:
-    """What FastAPI would resolve for `submit_batch`, read off the request directly (see api.direct_route)."""
-    require_json(request)
-    state = request.app.state
-    return {"caller": caller_of(request, request.headers.get("authorization")),
-            "body": await json_body(request, BatchCreate),
-            "settings": state.settings, "store": state.store, "vault": state.vault}
+async def submit_batch_arguments(request: Request) -> dict[str, Any]:
+    return await submission_arguments(request, BatchCreate)
 
 
 async def submit_batch(
@@ -75,5 +70,5 @@ async def submit_batch(
 
 router.add_api_route(
     "/batch", submit_batch, methods=["POST"], status_code=202, response_model=BatchResult,
-    response_model_exclude_none=True, responses=ERRORS, route_class_override=direct_route(batch_arguments),
+    response_model_exclude_none=True, responses=ERRORS, route_class_override=direct_route(submit_batch_arguments),
 )

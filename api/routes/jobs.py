@@ -8,12 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep, caller_of
-from api.direct_route import direct_route, header, json_body, json_response, require_json
+from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
+from api.direct_route import direct_route, header, json_response
 from api.errors import ApiError
 from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
-from api.submission import build_job, check_callback, check_limits, record_and_queue
+from api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
 from worker import metrics
 from worker.job_view import job_json_bytes
 from worker.jobs import TERMINAL, public_view
@@ -52,16 +52,9 @@ async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dic
     return check_owner(job_id, await store.fields(job_id), caller)
 
 
-async def submission_arguments(request: Request) -> dict[str, Any]:
-    """What FastAPI would resolve for `submit_job`, read off the request directly (see api.direct_route)."""
-    require_json(request)
-    state = request.app.state
-    return {
-        "caller": caller_of(request, request.headers.get("authorization")),
-        "body": await json_body(request, JobCreate),
-        "idempotency_key": header(request, "idempotency-key", IDEMPOTENCY_KEY_MAX_LENGTH),
-        "settings": state.settings, "store": state.store, "vault": state.vault,
-    }
+async def submit_job_arguments(request: Request) -> dict[str, Any]:
+    return {**await submission_arguments(request, JobCreate),
+            "idempotency_key": header(request, "idempotency-key", IDEMPOTENCY_KEY_MAX_LENGTH)}
 
 
 async def submit_job(
@@ -92,7 +85,7 @@ async def submit_job(
 router.add_api_route(
     "", submit_job, methods=["POST"], status_code=202, response_model=JobPublic, response_model_exclude_none=True,
     responses={200: {"model": JobPublic, "description": "Idempotent replay: the job this key created."}, **ERRORS},
-    route_class_override=direct_route(submission_arguments),
+    route_class_override=direct_route(submit_job_arguments),
 )
 
 
