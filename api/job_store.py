@@ -64,7 +64,7 @@ class AsyncJobStore:
             job = submission.job
             idem = keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.to_fields()
-            keys_ += [keys.job(job.id), keys.job_events(job.id), idem, submission.queue or ""]
+            keys_ += [keys.job(job.id), idem, submission.queue or ""]
             args += [len(fields), repr(job.created_at), job.id, submission.message]
             for pair in fields.items():
                 args += pair
@@ -76,7 +76,7 @@ class AsyncJobStore:
         pipe = self.redis.pipeline(transaction=True)
         for submission in submissions:
             job = submission.job
-            pipe.delete(keys.job(job.id), keys.job_events(job.id))
+            pipe.delete(keys.job(job.id))
             pipe.zrem(keys.ACTIVE_JOBS, job.id)
             if submission.idempotency_key:
                 pipe.delete(keys.idempotency(job.owner, submission.idempotency_key))
@@ -90,7 +90,7 @@ class AsyncJobStore:
         reply = await self._transition(
             keys=[keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS],
             args=["cancelled", "," + ",".join(UNFINISHED) + ",", repr(now), state_event("cancelled", now),
-                  "", "1", job_id],
+                  "", "1", job_id, self.ttl_s],
         )
         return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
 

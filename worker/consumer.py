@@ -4,8 +4,9 @@ Celery already buffers task events and publishes each buffer as one `task.multi`
 which Flower and every event receiver read like single events. But it flushes on the next
 turn of the worker's event loop, which under load is almost every event: about two PUBLISH
 commands per job. Flushing at most every `EVENT_BATCH_S` sends one message for many jobs;
-Flower shows a task that much later. A full buffer (Celery's limit of 24 events) is still
-sent at once by the dispatcher itself.
+Flower shows a task that much later. A full buffer is still sent at once by the dispatcher
+itself; Celery's limit of 24 events would make that every eight jobs under load, so it is
+raised.
 """
 
 from __future__ import annotations
@@ -18,16 +19,31 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from vine import promise
 
 EVENT_BATCH_S = 0.1
+# Events (about 400 bytes each) one message carries at most: three per job, at 1,000 jobs/s, per batch.
+EVENT_BUFFER_LIMIT = 300
 # A scheduled flush lost with the hub's timers (a reconnect resets them) is scheduled again after this.
 STALE_FLUSH_S = 1.0
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
+    _event_dispatcher: Any = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flush_due_at: float | None = None
         # The hub's ready set holds each callback once: one promise serves every buffered event.
         self._schedule_flush_promise = promise(self._schedule_flush)
+
+    # Celery's Events step makes a new dispatcher on every (re)connect and sets it here.
+    @property
+    def event_dispatcher(self) -> Any:
+        return self._event_dispatcher
+
+    @event_dispatcher.setter
+    def event_dispatcher(self, dispatcher: Any) -> None:
+        if dispatcher is not None:
+            dispatcher.buffer_limit = EVENT_BUFFER_LIMIT
+        self._event_dispatcher = dispatcher
 
     def on_send_event_buffered(self) -> None:
         # Called on whichever thread sent the event; only call_soon is safe to use across threads.

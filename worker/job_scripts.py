@@ -9,28 +9,26 @@ redelivered message for a finished job therefore finds nothing to do.
 from worker.keys import EVENTS_MAXLEN
 
 # Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
-# KEYS: per job: job, events, idempotency ('' for none), broker queue ('' to publish separately); then active
+# KEYS: per job: job, idempotency ('' for none), broker queue ('' to publish separately); then active
 # ARGV: ttl_s, then per job: pair_count, now, job_id, broker message, field, value, ...
-# The `queued` event is written here, as worker.jobs.state_event("queued", now) would write it.
+# The event stream starts with the claim: a job's `queued` event is told from its record (api.routes.events),
+# which saves a write and the stream's own TTL here, for every job.
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay).
 SUBMIT = """
 local ttl, active = ARGV[1], KEYS[#KEYS]
 local ids, a = {}, 2
-for k = 1, #KEYS - 1, 4 do
+for k = 1, #KEYS - 1, 3 do
   local pairs_end = a + 3 + 2 * tonumber(ARGV[a])
   local now, id, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local existing = KEYS[k + 2] ~= '' and redis.call('GET', KEYS[k + 2])
+  local existing = KEYS[k + 1] ~= '' and redis.call('GET', KEYS[k + 1])
   if existing then
     ids[#ids + 1] = existing
   else
     redis.call('HSET', KEYS[k], unpack(ARGV, a + 4, pairs_end))
     redis.call('EXPIRE', KEYS[k], ttl)
-    redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
-      '{"type":"state","status":"queued","at":' .. now .. '}')
-    redis.call('EXPIRE', KEYS[k + 1], ttl)
     redis.call('ZADD', active, now, id)
-    if KEYS[k + 2] ~= '' then redis.call('SET', KEYS[k + 2], id, 'EX', ttl) end
-    if KEYS[k + 3] ~= '' then redis.call('LPUSH', KEYS[k + 3], message) end
+    if KEYS[k + 1] ~= '' then redis.call('SET', KEYS[k + 1], id, 'EX', ttl) end
+    if KEYS[k + 2] ~= '' then redis.call('LPUSH', KEYS[k + 2], message) end
     ids[#ids + 1] = id
   end
   a = pairs_end + 1
@@ -38,11 +36,12 @@ end
 return ids
 """
 
-# KEYS: job, events, active
-# ARGV: now, lease_until, job_id
+# KEYS: job, events
+# ARGV: now, lease_until
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
-# One read and one write of the record: every command here counts against the Redis budget per job.
+# One read and one write of the record: every command here counts against the Redis budget per job. The job
+# keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due.
 CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id')
@@ -71,21 +70,22 @@ end
 redis.call('HSET', KEYS[1], unpack(changes))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
   '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or ''}
 """
 
 # KEYS: job, events, active
 # ARGV: to_status, allowed_from (',a,b,'), now, event_json, attempt_json ('' for none),
-#       terminal ('1'|'0'), job_id, field, value, ...
+#       terminal ('1'|'0'), job_id, ttl_s, field, value, ...
+# A finished job's event stream gets the record's TTL here: the stream is born with the claim (or a cancel),
+# and every job ends with this script (the sweeper fails those that never move).
 # Returns {'ok', to_status} or {'refused', current_status} or {'missing'}
 TRANSITION = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'lease_until', 'next_attempt_at')
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at')
 local status = f[1]
 if not status then return {'missing'} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {'refused', status} end
 local changes = {'status', ARGV[1], 'updated_at', ARGV[3]}
-for i = 8, #ARGV do table.insert(changes, ARGV[i]) end
+for i = 9, #ARGV do table.insert(changes, ARGV[i]) end
 if ARGV[5] ~= '' then
   table.insert(changes, 'attempts')
   table.insert(changes, f[2] and (f[2] .. '\\n' .. ARGV[5]) or ARGV[5])
@@ -97,7 +97,9 @@ end
 redis.call('HSET', KEYS[1], unpack(changes))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
 if ARGV[6] == '1' then
-  if f[3] or f[4] then redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at') end
+  -- The lease (private) may stay; a retry's due time (public) may not.
+  if f[3] then redis.call('HDEL', KEYS[1], 'next_attempt_at') end
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
   redis.call('ZREM', KEYS[3], ARGV[7])
 else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])

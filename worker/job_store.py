@@ -54,8 +54,8 @@ class JobStore:
 
     def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
         now = time.time() if now is None else now
-        keys_ = [keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS]
-        reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s), job_id])
+        keys_ = [keys.job(job_id), keys.job_events(job_id)]
+        reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s)])
         state = reply[0]
         if state == "finished":
             return Claim(state=state, detail=reply[1], callback_status=reply[2])
@@ -99,6 +99,7 @@ class JobStore:
                 dumps(attempt) if attempt else "",
                 "1" if to_status in TERMINAL else "0",
                 job_id,
+                self.ttl_s,
                 *pairs,
             ],
         )

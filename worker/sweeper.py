@@ -33,16 +33,16 @@ class SweepReport:
     forgotten: int = 0
 
 
-def overdue(fields: dict[str, str], now: float, visibility_s: float, stuck_after_s: float) -> bool:
-    """True when the broker should long have brought this job back and has not."""
+def overdue_at(fields: dict[str, str], visibility_s: float, stuck_after_s: float) -> float | None:
+    """When the broker should long have brought this job back if it has not; None for a finished job."""
     status = fields.get("status")
     if status == "running":
-        return float(fields.get("lease_until") or 0) + visibility_s < now
+        return float(fields.get("lease_until") or 0) + visibility_s
     if status == "retrying":
-        return float(fields.get("next_attempt_at") or 0) + visibility_s < now
+        return float(fields.get("next_attempt_at") or 0) + visibility_s
     if status == "queued":
-        return float(fields.get("updated_at") or 0) + stuck_after_s < now
-    return False
+        return float(fields.get("updated_at") or 0) + stuck_after_s
+    return None
 
 
 def sweep(
@@ -62,7 +62,14 @@ def sweep(
             rt.redis.zrem(keys.ACTIVE_JOBS, job_id)
             report.forgotten += 1
             continue
-        if not overdue(fields, now, settings.visibility_timeout_s, settings.stuck_after_s):
+        due_at = overdue_at(fields, settings.visibility_timeout_s, settings.stuck_after_s)
+        if due_at is None:  # finished: its own last change should have taken it out
+            rt.redis.zrem(keys.ACTIVE_JOBS, job_id)
+            continue
+        if due_at >= now:
+            # Alive (a claim leaves the job's entry as it was, to save a command per job): come back to it
+            # in the sweep after it could be overdue.
+            rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: due_at - (now - horizon)}, xx=True)
             continue
         requeues = int(fields.get("requeues") or 0)
         if fields["status"] != "queued" and requeues >= MAX_REQUEUES:

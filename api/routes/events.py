@@ -30,6 +30,10 @@ MAX_CONNECTION_S = 600.0
 KEEP_ALIVE = ": keep-alive\n\n"
 STREAM_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _U64_MAX = 2**64 - 1
+# The stream starts with the claim; the `queued` event before it is told from the record, with an id below
+# any that Redis gives, so that resuming after it reads the whole stream.
+QUEUED_EVENT_ID = "0-1"
+History = list[tuple[str, dict[str, Any]]]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
 
 
@@ -65,6 +69,13 @@ def current_state(fields: dict[str, str]) -> dict[str, Any]:
     return event
 
 
+def with_queued_event(fields: dict[str, str], history: History) -> History:
+    if history and history[0][1].get("status") == "queued":  # a stream that recorded it itself
+        return history
+    event = {"type": "state", "status": "queued", "at": float(fields.get("created_at") or 0)}
+    return [(QUEUED_EVENT_ID, event), *history]
+
+
 async def event_frames(
     request: Request, store: AsyncJobStore, job_id: str, fields: dict[str, str], after_id: str | None
 ) -> AsyncIterator[str]:
@@ -74,8 +85,11 @@ async def event_frames(
     finished = fields.get("status") in TERMINAL
     try:
         history = await store.history(job_id, after_id or "-")
+        if after_id is None and (history or fields.get("status") == "queued"):
+            history = with_queued_event(fields, history)
         last_id = after_id or "0-0"
-        if not history and (after_id is None or not await store.redis.exists(keys.job_events(job_id))):
+        if not history and (after_id is None or (
+                after_id != QUEUED_EVENT_ID and not await store.redis.exists(keys.job_events(job_id)))):
             yield sse_event(None, current_state(fields))
         for event_id, event in history:
             yield sse_event(event_id, event)

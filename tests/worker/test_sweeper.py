@@ -88,3 +88,19 @@ def test_a_requeued_job_waits_a_full_period_before_the_next(rt: Runtime) -> None
     job_id = make_job(rt, "queued", 4000)
     assert sweep(rt, lambda *args: None, now=NOW).requeued == [job_id]
     assert sweep(rt, lambda *args: None, now=NOW + 10).requeued == []
+
+
+def test_a_live_job_comes_due_again_when_it_could_first_be_overdue(rt: Runtime) -> None:
+    # A claim leaves the job's entry at its submission time; the sweeper moves it to where it can matter.
+    lease_until = NOW + 100
+    job_id = make_job(rt, "running", 2000, lease_until=repr(lease_until))
+    assert sweep(rt, lambda *args: None, now=NOW).requeued == []
+    horizon_lag = min(VISIBILITY, 3600)
+    assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) == pytest.approx(lease_until + VISIBILITY - horizon_lag)
+    assert sweep(rt, lambda *args: None, now=lease_until + VISIBILITY + 1).requeued == [job_id]
+
+
+def test_a_finished_job_left_in_the_index_leaves_it(rt: Runtime) -> None:
+    job_id = make_job(rt, "succeeded", 5000)
+    assert sweep(rt, lambda *args: None, now=NOW).requeued == []
+    assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) is None
