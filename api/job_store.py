@@ -63,7 +63,7 @@ class AsyncJobStore:
         for submission in submissions:
             job = submission.job
             idem = keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
-            fields = job.to_fields()
+            fields = job.fields
             keys_ += [keys.job(job.id), idem, submission.queue or ""]
             args += [len(fields), repr(job.created_at), job.id, submission.message]
             for pair in fields.items():

@@ -79,7 +79,7 @@ async def submit_job(
         headers["Idempotent-Replayed"] = "true"
         return json_response(job_json_bytes(await owned_fields(store, job_id, caller)), 200, headers)
     metrics.JOBS_SUBMITTED.labels(job.priority, job.environment).inc()
-    return json_response(job_json_bytes(job.to_fields()), 202, headers)
+    return json_response(job_json_bytes(job.fields), 202, headers)
 
 
 router.add_api_route(
