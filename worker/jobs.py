@@ -60,8 +60,12 @@ def new_job_id() -> str:
     return JOB_ID_PREFIX + base64.urlsafe_b64encode(_random.take(16)).rstrip(b"=").decode()
 
 
+# One encoder for every record and event: json.dumps with arguments builds a new one on each call.
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _compact_json(value)
 
 
 @dataclass
