@@ -58,7 +58,8 @@ def sweep(
     for job_id in due:
         values = cast(list[str | None], rt.redis.hmget(keys.job(job_id), names))
         fields = {name: value for name, value in zip(names, values, strict=True) if value is not None}
-        if "status" not in fields:  # expired with its TTL
+        if "status" not in fields:  # expired with its TTL, unfinished: its event stream never got one
+            rt.redis.delete(keys.job_events(job_id))
             rt.redis.zrem(keys.ACTIVE_JOBS, job_id)
             report.forgotten += 1
             continue

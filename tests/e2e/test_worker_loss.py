@@ -14,6 +14,7 @@ import pytest
 from devstack.redis_server import RedisServer
 from tests.brokers import BROKERS, pending_messages, rabbitmq_vhost
 from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
+from worker import keys
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -52,6 +53,7 @@ def test_cancel_before_pickup_never_calls_the_proxy(own_stack: Stack, mock_proxy
     assert job["status"] == "cancelled"
     assert job["attempts"] == []
     assert mock_proxy.calls(model) == []
+    assert own_stack.redis.ttl(keys.job_events(job_id)) > 0, "a stream begun by the cancel expires too"
     assert broker_is_drained(own_stack)
 
 

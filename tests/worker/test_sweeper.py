@@ -77,11 +77,13 @@ def test_a_job_that_never_moves_is_failed_with_a_clear_error(rt: Runtime) -> Non
     assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) is None
 
 
-def test_expired_jobs_leave_the_index(rt: Runtime) -> None:
+def test_expired_jobs_leave_the_index_and_their_stream_goes(rt: Runtime) -> None:
     rt.redis.zadd(keys.ACTIVE_JOBS, {"job_gone": NOW - 9000})
+    rt.redis.xadd(keys.job_events("job_gone"), {"e": "{}"})  # begun by a claim, never given a TTL
     report = sweep(rt, lambda *args: None, now=NOW)
     assert report.forgotten == 1
     assert rt.redis.zscore(keys.ACTIVE_JOBS, "job_gone") is None
+    assert not rt.redis.exists(keys.job_events("job_gone"))
 
 
 def test_a_requeued_job_waits_a_full_period_before_the_next(rt: Runtime) -> None:
