@@ -67,11 +67,6 @@ def _template(app: Celery) -> tuple[str, str]:
     return text, f", {json.dumps(kwargs)}, {json.dumps(embed)}]"
 
 
-@functools.lru_cache(maxsize=16)
-def _escaped(queue: str) -> str:
-    return json.dumps(queue)[1:-1]
-
-
 def call_proxy_message(app: Celery, job_id: str, model: str, queue: str) -> str:
     """The JSON kombu's Redis transport LPUSHes onto `queue` for one attempt of this job."""
     template, body_tail = _template(app)
@@ -80,7 +75,7 @@ def call_proxy_message(app: Celery, job_id: str, model: str, queue: str) -> str:
         task_id=random_uuid(),
         # JSON-escaped, without the quotes the template already has.
         argsrepr=json.dumps(f"({job_id!r}, model={model!r})")[1:-1],
-        queue=_escaped(queue),
+        queue=json.dumps(queue)[1:-1],
         delivery_tag=random_uuid(),
         body=base64.b64encode(body.encode()).decode(),
     )

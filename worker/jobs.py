@@ -6,11 +6,9 @@ callback) are stored as JSON text, and attempts as JSON lines appended atomicall
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import os
-import threading
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,36 +26,9 @@ _PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "a
                    "callback_secret_token", "callback_attempts", "callback_next_at", "request")
 
 
-class _RandomBytes:
-    """The system's CSPRNG (`os.urandom`, as `secrets` uses), drawn 4 KiB at a time instead of one system
-    call per job id. A forked child starts with an empty buffer, so two processes never share bytes."""
-
-    CHUNK = 4096
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._buffer = b""
-        self._offset = 0
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            if self._offset + n > len(self._buffer):
-                self._buffer, self._offset = os.urandom(self.CHUNK), 0
-            start = self._offset
-            self._offset = start + n
-            return self._buffer[start:self._offset]
-
-
-_random = _RandomBytes()
-
-
 def new_job_id() -> str:
     """128 random bits, URL-safe: unguessable, so an id alone grants nothing."""
-    return JOB_ID_PREFIX + base64.urlsafe_b64encode(_random.take(16)).rstrip(b"=").decode()
+    return JOB_ID_PREFIX + secrets.token_urlsafe(16)
 
 
 # One encoder for every record and event: json.dumps with arguments builds a new one on each call.

@@ -1,4 +1,4 @@
-"""Job ids: 128 random bits from the system's CSPRNG, drawn in chunks; never shared with a forked child."""
+"""Job ids: 128 random bits from the system's CSPRNG; a forked child never repeats its parent's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ ID_PATTERN = re.compile(re.escape(JOB_ID_PREFIX) + r"[A-Za-z0-9_-]{22}")
 
 
 def test_ids_are_url_safe_and_do_not_repeat_across_many_chunks() -> None:
-    ids = [new_job_id() for _ in range(20_000)]  # 16 bytes each: about 80 refills of the buffer
+    ids = [new_job_id() for _ in range(20_000)]
     assert all(ID_PATTERN.fullmatch(job_id) for job_id in ids)
     assert len(set(ids)) == len(ids)
 
@@ -21,7 +21,7 @@ def _next_ids(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
 
 
 def test_a_forked_child_draws_bytes_of_its_own() -> None:
-    new_job_id()  # the parent's buffer now holds bytes a careless child would repeat
+    new_job_id()  # any state a faster generator kept would now be shared with the child
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_next_ids, args=(queue,))
