@@ -12,12 +12,11 @@ from bench.jobs import JobTimes, job_body, peak_in_flight, read_times, rss_at_fu
 from bench.measure import CommandStats, RssSampler, cpu_seconds, percentile, rss_bytes, wait_for
 from bench.stack import BENCH_KEY, BenchStack
 from worker import keys
+from worker.redis_transport import UNACKED_KEY
 
 BATCH_SIZE = 1000  # the API's limit per batch request
 WARM_UP_JOBS = 20
 POLL_S = 0.1
-# Kombu's Redis transport keeps delivered-but-unacknowledged messages here until the task is acknowledged.
-UNACKED_KEY = "unacked"
 
 
 def api_client(stack: BenchStack) -> httpx2.Client:
@@ -49,8 +48,8 @@ class Drain:
         self.own["zcard"] += 1
         if self.redis.zcard(keys.ACTIVE_JOBS):
             return False
-        self.own["hlen"] += 1
-        return not self.redis.hlen(UNACKED_KEY)
+        self.own["zcard"] += 1
+        return not self.redis.zcard(UNACKED_KEY)
 
     def wait(self, timeout_s: float) -> None:
         wait_for(self.done, timeout_s, POLL_S, "all jobs finished and acknowledged")

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import redis
 
 from worker.keys import QUEUES_IN_ORDER
+from worker.redis_transport import UNACKED_KEY
 
 BROKERS = ["redis", "amqp"]
 RABBITMQ = "127.0.0.1:5672"
@@ -40,6 +41,6 @@ def pending_messages(broker_url: str, redis_url: str) -> int:
         return sum(int(row.split()[1]) for row in rows if row.split() and row.split()[0] in QUEUES_IN_ORDER)
     client = redis.Redis.from_url(redis_url)
     try:
-        return sum(client.llen(name) for name in QUEUES_IN_ORDER) + client.hlen("unacked")
+        return sum(client.llen(name) for name in QUEUES_IN_ORDER) + client.zcard(UNACKED_KEY)
     finally:
         client.close()

@@ -4,7 +4,7 @@ When the connection drops, Celery closes the old channel and kombu tries to push
 messages this worker holds back onto their queues; later, tasks that were running
 acknowledge or reject messages of that closed channel. With Redis gone, or the channel's
 connection already released, each of these raises, and Celery stops the whole worker as
-"unrecoverable". None of it is needed: those messages sit in Redis's unacked index and
+"unrecoverable". None of it is needed: those messages sit in Redis's unacked set and
 come back after the visibility timeout, where a finished job's message finds nothing to
 do. So on a closed channel these become logged no-ops, and the worker reconnects.
 
@@ -12,67 +12,129 @@ Kombu also builds a new redis-py client object for every delivery, acknowledgeme
 event it publishes; the constructor (a table of ~200 reply parsers) cost a worker about
 7 % of its CPU. The object holds no connection of its own, so the channel keeps one.
 
-And it wraps the two writes that record a delivery, and the two that acknowledge it, in
-MULTI/EXEC: four commands where two do. Without the transaction, the order alone keeps
-the unacked index safe: a delivery is indexed before its message is stored, and an ack
-removes the message before its index entry. Cut between the two, what remains is an
-index entry without a message, which the restore pass drops. (The message already left
-its queue with BRPOP before either write, so the transaction never closed that window.)
+And kombu records a delivery twice: its tag in a sorted set by time (`unacked_index`) and
+the message in a hash by tag (`unacked`), two writes to record it and two to acknowledge
+it. Here one sorted set holds the message itself, scored by its delivery time: one `ZADD`
+records a delivery, one `ZREM` acknowledges it, and the restore pass finds in the same set
+both which messages are overdue and what to push back. A message carries its own unique
+delivery tag, so no two members are alike. A restore takes the member out and pushes the
+message back in one script, so two workers restoring at once cannot both push it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from time import time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
 
 log = logging.getLogger("llmq.broker")
 
+# The sorted set of delivered, unacknowledged messages: member [payload, exchange, routing key], score delivery time.
+UNACKED_KEY = "llmq.unacked"
+
+# KEYS: the unacked set, then the queues to push to. ARGV: the member, the payload to push, LPUSH | RPUSH.
+# Only whoever takes the member out pushes the message back.
+RESTORE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 2, #KEYS do redis.call(ARGV[3], KEYS[i], ARGV[2]) end
+return 1
+"""
+
 
 class QoS(kombu_redis.QoS):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The exact member each unacknowledged delivery was recorded under, to remove it by.
+        self._members: dict[str, str] = {}
+
     def _channel_gone(self) -> bool:
         return self.channel.connection is None or self.channel.closed
 
-    def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
-        try:
-            return super().restore_unacked(client)
-        except Exception as err:
-            log.warning("could not hand %d message(s) back on close (%s); they return after the visibility timeout",
-                        len(self._delivered), type(err).__name__)
-            self._delivered.clear()
-            return None
+    def append(self, message, delivery_tag):  # type: ignore[no-untyped-def]
+        delivery = message.delivery_info
+        member = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.channel.conn_or_acquire() as client:
+            client.zadd(self.unacked_index_key, {member: time()})
+        self._members[delivery_tag] = member
+        virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag):  # type: ignore[no-untyped-def]
         if self._channel_gone():
             log.info("ack of a message from a closed channel skipped; it returns after the visibility timeout")
             return None
-        return super().ack(delivery_tag)
+        self._forget(delivery_tag)
+        return virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):  # type: ignore[no-untyped-def]
         if self._channel_gone():
             log.info("reject of a message from a closed channel skipped; it returns after the visibility timeout")
             return None
-        return super().reject(delivery_tag, requeue=requeue)
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        else:
+            self._forget(delivery_tag)
+        return virtual.QoS.ack(self, delivery_tag)
 
-    @contextmanager
-    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
-        # Used by kombu only for recording a delivery and removing it (ack, reject): see the module's note.
-        if pipe:
-            yield pipe
+    def _forget(self, delivery_tag: str) -> None:
+        member = self._members.pop(delivery_tag, None)
+        if member is not None:
+            with self.channel.conn_or_acquire() as client:
+                client.zrem(self.unacked_index_key, member)
+
+    def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
+        try:
+            with self.channel.conn_or_acquire(client) as client:
+                for tag in list(self._delivered):
+                    self.restore_by_tag(tag, client)
+        except Exception as err:
+            log.warning("could not hand %d message(s) back on close (%s); they return after the visibility timeout",
+                        len(self._members), type(err).__name__)
+        self._delivered.clear()
+        self._members.clear()
+
+    def restore_by_tag(self, tag, client=None, leftmost=False):  # type: ignore[no-untyped-def]
+        member = self._members.pop(tag, None)
+        if member is not None:
+            with self.channel.conn_or_acquire(client) as client:
+                self._restore_member(client, member, leftmost)
+
+    def restore_visible(self, start=0, num=10, interval=10):  # type: ignore[no-untyped-def]
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
             return
-        with self.channel.conn_or_acquire(client) as acquired:
-            yield acquired.pipeline(transaction=False)
+        with self.channel.conn_or_acquire() as client:
+            ceil = time() - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    overdue = client.zrange(self.unacked_index_key, ceil, 0, desc=True, byscore=True,
+                                            offset=num and start, num=num)
+                    for member in overdue or []:
+                        self._restore_member(client, bytes_to_str(member), leftmost=False)
+            except kombu_redis.MutexHeld:
+                pass
 
-    def _remove_from_indices(self, delivery_tag, pipe=None):  # type: ignore[no-untyped-def]
-        with self.pipe_or_acquire(pipe) as pipe:
-            return pipe.hdel(self.unacked_key, delivery_tag).zrem(self.unacked_index_key, delivery_tag)
+    def _restore_member(self, client: Any, member: str, leftmost: bool) -> None:
+        try:
+            payload, exchange, routing_key = json.loads(member)
+            queues = self.channel.restore_queues(payload, exchange, routing_key)
+        except Exception:
+            log.error("dropping an unreadable entry of the unacked set: %.200r", member)
+            client.zrem(self.unacked_index_key, member)
+            return
+        client.eval(RESTORE, 1 + len(queues), self.unacked_index_key, *queues,
+                    member, json.dumps(payload), "LPUSH" if leftmost else "RPUSH")
 
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    unacked_index_key = UNACKED_KEY
     _shared_client: Any = None
 
     @contextmanager
@@ -85,6 +147,20 @@ class Channel(kombu_redis.Channel):
         if shared is None or shared.connection_pool is not self.pool:
             shared = self._shared_client = self._create_client()
         yield shared
+
+    def restore_queues(self, payload: dict[str, Any], exchange: str, routing_key: str) -> list[str]:
+        """Marks a message redelivered and names the queues it goes back to (kombu's `_do_restore_message`)."""
+        headers = payload.get("headers")
+        if isinstance(headers, dict):
+            headers["redelivered"] = True
+        delivery_info = payload.get("properties", {}).get("delivery_info")
+        if isinstance(delivery_info, dict):
+            delivery_info["redelivered"] = True
+        priority = self._get_message_priority(payload, reverse=False)
+        return [self._q_for_pri(queue, priority) for queue in self._lookup(exchange, routing_key)]
+
+    def _restore(self, message, leftmost=False):  # type: ignore[no-untyped-def]
+        self.qos.restore_by_tag(message.delivery_tag, leftmost=leftmost)
 
 
 class Transport(kombu_redis.Transport):

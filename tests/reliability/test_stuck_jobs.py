@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from devstack.redis_server import RedisServer
 from tests.stack import MockProxy, Stack, chat, submit, wait_finished, wait_status
+from worker.redis_transport import UNACKED_KEY
 
 
 def test_sweeper_rescues_a_job_whose_message_was_lost(
@@ -25,7 +26,7 @@ def test_sweeper_rescues_a_job_whose_message_was_lost(
         wait_status(client, job_id, "running")
         stack.workers[-1].kill()
         # The broker loses the message too: nothing will ever redeliver it.
-        stack.redis.delete("unacked", "unacked_index")
+        stack.redis.delete(UNACKED_KEY)
         lost_at = time.monotonic()
         stack.start_worker()
         job = wait_finished(client, job_id, timeout_s=60)

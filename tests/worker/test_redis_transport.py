@@ -1,4 +1,4 @@
-"""The Redis transport records a delivery and its acknowledgement in two commands each, in a safe order."""
+"""The Redis transport records a delivery in one command and its acknowledgement in one, and restores safely."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from kombu import Connection
 
 from devstack.redis_server import RedisServer
 from worker.celery_app import REDIS_TRANSPORT
+from worker.redis_transport import UNACKED_KEY
 
 DB = 15
 STOP = "command-log-stop"
@@ -45,6 +46,8 @@ class CommandLog:
                     continue
                 if entry["command"] == f"ECHO {STOP}":
                     break
+                if entry["command"].startswith("SELECT"):  # a new connection's, such as the one sending STOP
+                    continue
                 self.commands.append(entry["command"].split(" ", 1)[0].upper())
         client.close()
 
@@ -60,37 +63,75 @@ class CommandLog:
         assert not self._thread.is_alive()
 
 
-def test_a_delivery_and_its_ack_cost_two_commands_each_and_leave_nothing(db_url: str) -> None:
+def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: str) -> None:
     raw = redis.Redis.from_url(db_url, decode_responses=True)
     with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
         queue.put({"n": 1})
         with CommandLog(db_url) as delivery:
             message = queue.get(timeout=5)
-        tag = message.delivery_tag
         assert message.payload == {"n": 1}
-        assert raw.hexists("unacked", tag) and raw.zscore("unacked_index", tag) is not None
+        # The set holds the message itself, findable by its unique delivery tag.
+        members = raw.zrange(UNACKED_KEY, 0, -1)
+        assert len(members) == 1 and message.delivery_tag in members[0]
         with CommandLog(db_url) as log:
             message.ack()
-    # Index first, then the message: cut between the two, nothing is stored that the index does not know.
-    assert delivery.commands.count("ZADD") == 1 and delivery.commands.count("HSET") == 1
-    assert delivery.commands.index("ZADD") < delivery.commands.index("HSET")
-    assert "MULTI" not in delivery.commands
-    assert log.commands.count("HDEL") == 1 and log.commands.count("ZREM") == 1
-    # Message first, then its index entry: cut between the two, the restore pass finds no message to bring back.
-    assert log.commands.index("HDEL") < log.commands.index("ZREM")
-    assert "MULTI" not in log.commands and "EXEC" not in log.commands
-    assert not raw.hexists("unacked", tag) and raw.zscore("unacked_index", tag) is None
+    assert delivery.commands == ["BRPOP", "ZADD"]
+    assert log.commands == ["ZREM"]
+    assert raw.zcard(UNACKED_KEY) == 0
+    assert not raw.exists("unacked", "unacked_index")  # kombu's own two structures are not used
     raw.close()
 
 
-def test_an_index_entry_without_its_message_is_dropped_by_the_restore_pass(db_url: str) -> None:
+def test_an_overdue_message_goes_back_to_its_queue_once(db_url: str) -> None:
     raw = redis.Redis.from_url(db_url, decode_responses=True)
-    raw.zadd("unacked_index", {"orphan-tag": 1.0})  # what a cut between the two writes can leave
+    options = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
+    with Connection(db_url, transport=REDIS_TRANSPORT, transport_options=options) as conn, \
+            conn.SimpleQueue("transport-test") as queue:
+        queue.put({"n": 2})
+        message = queue.get(timeout=5)
+        member = raw.zrange(UNACKED_KEY, 0, -1)[0]
+        raw.zadd(UNACKED_KEY, {member: 1.0})  # delivered long ago: its worker is gone
+        # Two restore passes (two workers) find it: only one pushes it back.
+        channel = conn.channel()
+        channel.qos.restore_visible(num=10)
+        channel.qos.restore_visible(num=10)
+        assert raw.zcard(UNACKED_KEY) == 0 and raw.llen("transport-test") == 1
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": 2} and again.delivery_tag == message.delivery_tag
+        assert again.delivery_info.get("redelivered") or again.headers.get("redelivered")
+        again.ack()
+        channel.close()
+    assert raw.zcard(UNACKED_KEY) == 0 and raw.llen("transport-test") == 0
+    raw.close()
+
+
+def test_a_rejected_message_is_requeued_behind_the_waiting_ones(db_url: str) -> None:
+    """As kombu's own transport does: a message handed back with requeue goes to the end of its queue."""
+    raw = redis.Redis.from_url(db_url, decode_responses=True)
+    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
+        queue.put({"n": "first"})
+        queue.put({"n": "second"})
+        first = queue.get(timeout=5)
+        first.requeue()
+        assert raw.zcard(UNACKED_KEY) == 0
+        second = queue.get(timeout=5)
+        assert second.payload == {"n": "second"}
+        second.ack()
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": "first"} and again.delivery_tag == first.delivery_tag
+        again.ack()
+        assert raw.zcard(UNACKED_KEY) == 0
+    raw.close()
+
+
+def test_an_unreadable_entry_is_dropped_by_the_restore_pass(db_url: str) -> None:
+    raw = redis.Redis.from_url(db_url, decode_responses=True)
+    raw.zadd(UNACKED_KEY, {"not a message": 1.0})
     with Connection(db_url, transport=REDIS_TRANSPORT,
                     transport_options={"visibility_timeout": 1, "unacked_restore_throttle": 1}) as conn:
         channel = conn.channel()
         channel.qos.restore_visible(num=10)
         channel.close()
-    assert raw.zscore("unacked_index", "orphan-tag") is None
+    assert raw.zcard(UNACKED_KEY) == 0
     assert raw.llen("transport-test") == 0
     raw.close()
