@@ -39,6 +39,7 @@ class AsyncJobStore:
         self._submit = client.register_script(job_scripts.SUBMIT)
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
+        self._watch = client.register_script(job_scripts.WATCH)
         # Single submissions arriving together share a round trip (see api.group_commit).
         self.submit_one: GroupCommit[Submission, str] = GroupCommit(self.submit_many, max_items=1000)
 
@@ -103,20 +104,19 @@ class AsyncJobStore:
         )
         return bool(previous)
 
-    async def snapshot(self, job_id: str) -> tuple[dict[str, str], str]:
-        """The record and the id of the last event, read together so no change slips between them."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(keys.job(job_id))
-        pipe.xrevrange(keys.job_events(job_id), count=1)
-        fields, last = await pipe.execute()
-        return fields, (last[0][0] if last else "0-0")
+    async def watch(self, job_id: str, owner: str) -> tuple[dict[str, str], str]:
+        """The record and the id of its stream's last event, read together so no change slips between them.
+
+        An unfinished job of `owner` is followed from here on: its workers write every event to the stream."""
+        flat, last_id = await self._watch(keys=[keys.job(job_id), keys.job_events(job_id)], args=[owner])
+        return dict(zip(flat[::2], flat[1::2], strict=True)), last_id
 
     async def wait_until_finished(
         self, job_id: str, timeout_s: float, fields: dict[str, str], last_id: str
     ) -> dict[str, str]:
         """The record once the job is finished, or when `timeout_s` runs out (blocking reads, no polling).
 
-        `fields` and `last_id` come from one `snapshot`: events after `last_id` are the changes since."""
+        `fields` and `last_id` come from one `watch`: events after `last_id` are the changes since."""
         deadline = time.monotonic() + timeout_s
         while fields and fields.get("status") not in TERMINAL:
             remaining_ms = int((deadline - time.monotonic()) * 1000)

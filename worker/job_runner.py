@@ -133,7 +133,7 @@ def count_tokens(claim: Claim, result: dict[str, Any]) -> None:
 
 def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, message: str) -> Outcome:
     error = job_error(error_type, message)
-    attempt = {"n": claim.attempt, "started_at": time.time(), "duration_ms": 0, "outcome": error_type,
+    attempt = {"n": claim.attempt, "started_at": claim.started_at, "duration_ms": 0, "outcome": error_type,
                "status_code": None, "error_type": error_type, "message": message}
     finished = rt.store.finish(job_id, "failed", attempt, error=error)
     if finished:
@@ -193,7 +193,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
                             "the stored key cannot be decrypted: LLMQ_SECRET changed since submission")
 
     assert claim.request is not None
-    started = time.time()
+    started = claim.started_at
     extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model}
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():

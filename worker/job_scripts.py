@@ -4,6 +4,12 @@ A job's status only moves forward: queued → running ⇄ retrying → succeeded
 cancelled. Each script checks the current status, applies the change, appends the event
 to the job's stream and keeps the index of unfinished jobs, in one round trip. A
 redelivered message for a finished job therefore finds nothing to do.
+
+The event stream is written only for a job somebody follows: a streaming request, or a job
+whose events or long-poll were opened (the WATCH script marks it `watched`, atomically
+with reading it). What happened before that is told from the record (`api.event_history`):
+every attempt is in it, with its start, outcome and retry delay. A job nobody follows costs
+no stream at all: three commands fewer per job.
 """
 
 from worker.keys import EVENTS_MAXLEN
@@ -44,7 +50,8 @@ return ids
 # keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due.
 CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
-  'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id')
+  'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
+  'attempt_started_at')
 local status = f[1]
 if not status then return {'missing'} end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -61,26 +68,29 @@ if not f[5] then
 end
 if status == 'running' then
   -- The previous holder vanished mid-call (worker lost): its attempt counts, and says so.
-  local lost = '{"n":' .. (n - 1) .. ',"outcome":"worker_lost","error_type":"worker_lost",' ..
+  local lost = '{"n":' .. (n - 1) .. (f[14] and (',"started_at":' .. f[14]) or '') ..
+    ',"outcome":"worker_lost","error_type":"worker_lost",' ..
     '"message":"the worker holding this attempt stopped before it finished","finished_at":' .. ARGV[1] .. '}'
   local prev = redis.call('HGET', KEYS[1], 'attempts')
   table.insert(changes, 'attempts')
   table.insert(changes, prev and (prev .. '\\n' .. lost) or lost)
 end
 redis.call('HSET', KEYS[1], unpack(changes))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
-  '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
+if f[12] or f[13] == '1' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
+    '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
+end
 return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or ''}
 """
 
 # KEYS: job, events, active
 # ARGV: to_status, allowed_from (',a,b,'), now, event_json, attempt_json ('' for none),
 #       terminal ('1'|'0'), job_id, ttl_s, field, value, ...
-# A finished job's event stream gets the record's TTL here: the stream is born with the claim (or a cancel),
-# and every job ends with this script (the sweeper fails those that never move).
+# A followed job's event stream gets the record's TTL here: the stream is born with the watch, a claim or a
+# cancel, and every job ends with this script (the sweeper fails those that never move).
 # Returns {'ok', to_status} or {'refused', current_status} or {'missing'}
 TRANSITION = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at')
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at', 'watched', 'stream')
 local status = f[1]
 if not status then return {'missing'} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {'refused', status} end
@@ -95,16 +105,44 @@ if ARGV[6] == '1' then
   table.insert(changes, ARGV[3])
 end
 redis.call('HSET', KEYS[1], unpack(changes))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
+local followed = f[4] or f[5] == '1'
+if followed then redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4]) end
 if ARGV[6] == '1' then
   -- The lease (private) may stay; a retry's due time (public) may not.
   if f[3] then redis.call('HDEL', KEYS[1], 'next_attempt_at') end
-  redis.call('EXPIRE', KEYS[2], ARGV[8])
+  if followed then redis.call('EXPIRE', KEYS[2], ARGV[8]) end
   redis.call('ZREM', KEYS[3], ARGV[7])
 else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
 end
 return {'ok', ARGV[1]}
+"""
+
+# KEYS: job, events
+# ARGV: owner
+# The record (flat field/value list) and the id of the stream's last event ('0-0' for none), read together. An
+# unfinished job of this owner that nobody followed yet is marked `watched` with how far its record tells its
+# events: 'R,C', its R attempt records and its attempt count C. From here on every event goes to the stream.
+# A stream begun without a mark (a streaming request) holds everything after `queued`: its point is '0,0'.
+WATCH = """
+local f = redis.call('HGETALL', KEYS[1])
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local last_id = last[1] and last[1][1] or '0-0'
+local h = {}
+for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
+local open = h.status == 'queued' or h.status == 'running' or h.status == 'retrying'
+if open and h.owner == ARGV[1] and not h.watched and h.stream ~= '1' then
+  local point = '0,0'
+  if last_id == '0-0' then
+    local records = 0
+    if h.attempts then records = select(2, string.gsub(h.attempts, '\\n', '')) + 1 end
+    point = records .. ',' .. (h.attempt_count or '0')
+  end
+  redis.call('HSET', KEYS[1], 'watched', point)
+  f[#f + 1] = 'watched'
+  f[#f + 1] = point
+end
+return {f, last_id}
 """
 
 # KEYS: job

@@ -29,6 +29,7 @@ class Claim:
     callback_status: str = ""
     app_id: str = ""
     detail: str = ""
+    started_at: float = 0.0  # the claim's time: the attempt's start, as the record and its events tell it
 
 
 def _csv(statuses: tuple[str, ...] | frozenset[str]) -> str:
@@ -72,6 +73,7 @@ class JobStore:
             model=model,
             callback_status=callback_status,
             app_id=app_id,
+            started_at=now,
         )
 
     def transition(

@@ -14,10 +14,10 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CallerDep, StoreDep
 from api.errors import ApiError
+from api.event_history import told_events, told_id, told_index, watch_point
 from api.job_store import AsyncJobStore
-from api.routes.jobs import owned_fields
+from api.routes.jobs import check_id, check_owner
 from api.schemas import ErrorResponse
-from worker import keys
 from worker.jobs import TERMINAL, dumps, is_terminal_event
 
 log = logging.getLogger("llmq.api")
@@ -30,10 +30,6 @@ MAX_CONNECTION_S = 600.0
 KEEP_ALIVE = ": keep-alive\n\n"
 STREAM_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _U64_MAX = 2**64 - 1
-# The stream starts with the claim; the `queued` event before it is told from the record, with an id below
-# any that Redis gives, so that resuming after it reads the whole stream.
-QUEUED_EVENT_ID = "0-1"
-History = list[tuple[str, dict[str, Any]]]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
 
 
@@ -60,38 +56,27 @@ def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
     return f"{head}event: {event.get('type', 'state')}\ndata: {dumps(event)}\n\n"
 
 
-def current_state(fields: dict[str, str]) -> dict[str, Any]:
-    """A state event made from the record, for a job whose event stream has expired."""
-    event: dict[str, Any] = {"type": "state", "status": fields.get("status"),
-                             "at": float(fields.get("updated_at") or 0), "synthetic": True}
-    if fields.get("attempt_count"):
-        event["attempt"] = int(fields["attempt_count"])
-    return event
-
-
-def with_queued_event(fields: dict[str, str], history: History) -> History:
-    if history and history[0][1].get("status") == "queued":  # a stream that recorded it itself
-        return history
-    event = {"type": "state", "status": "queued", "at": float(fields.get("created_at") or 0)}
-    return [(QUEUED_EVENT_ID, event), *history]
-
-
 async def event_frames(
-    request: Request, store: AsyncJobStore, job_id: str, fields: dict[str, str], after_id: str | None
+    request: Request, store: AsyncJobStore, job_id: str, fields: dict[str, str], last_stream_id: str,
+    after_id: str | None,
 ) -> AsyncIterator[str]:
-    """History after `after_id`, then live events, until the terminal state, a disconnect or the cap."""
+    """History after `after_id` (told by the record, then the stream's), then live events, until the terminal
+    state, a disconnect or the cap. `fields` and `last_stream_id` come from one watch of the job."""
     deadline = time.monotonic() + MAX_CONNECTION_S
-    # The status is read before the history: if it is terminal here, its event is already in the stream.
+    # The status is read before the history: if it is terminal here, its event is already told or streamed.
     finished = fields.get("status") in TERMINAL
+    told = told_events(fields, watch_point(fields, last_stream_id))
+    seen = told_index(after_id) if after_id is not None else 0
+    stream_after = "-"
+    if seen is None:  # an id of the stream: everything told came before it
+        seen, stream_after = len(told), after_id or "-"
     try:
-        history = await store.history(job_id, after_id or "-")
-        if after_id is None and (history or fields.get("status") == "queued"):
-            history = with_queued_event(fields, history)
-        last_id = after_id or "0-0"
-        if not history and (after_id is None or (
-                after_id != QUEUED_EVENT_ID and not await store.redis.exists(keys.job_events(job_id)))):
-            yield sse_event(None, current_state(fields))
-        for event_id, event in history:
+        for index in range(seen, len(told)):
+            yield sse_event(told_id(index), told[index])
+            if is_terminal_event(told[index]):
+                return
+        last_id = "0-0" if stream_after == "-" else stream_after
+        for event_id, event in await store.history(job_id, stream_after):
             yield sse_event(event_id, event)
             last_id = event_id
             if is_terminal_event(event):
@@ -142,8 +127,10 @@ async def job_events(
 ) -> EventStreamResponse:
     """Job events as SSE, history first, to the final state; a `running` of a new attempt resets deltas."""
     after_id = parse_event_id(last_event_id_header if last_event_id_header is not None else last_event_id)
-    fields = await owned_fields(store, job_id, caller)
+    check_id(job_id)
+    fields, last_stream_id = await store.watch(job_id, caller.owner)
+    check_owner(job_id, fields, caller)
     return EventStreamResponse(
-        event_frames(request, store, job_id, fields, after_id),
+        event_frames(request, store, job_id, fields, last_stream_id, after_id),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

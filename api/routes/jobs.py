@@ -102,8 +102,9 @@ async def get_job(
     if not wait:
         return public_view(await owned_fields(store, job_id, caller))
     check_id(job_id)
-    # The record and its last event id in one read, so the wait starts exactly where the record was taken.
-    fields, last_id = await store.snapshot(job_id)
+    # The record and its last event id in one read, so the wait starts exactly where the record was taken;
+    # the same read has the worker write the final event the wait looks for.
+    fields, last_id = await store.watch(job_id, caller.owner)
     check_owner(job_id, fields, caller)
     if fields.get("status") not in TERMINAL:
         fields = await store.wait_until_finished(job_id, wait, fields, last_id) or fields

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx2
 
-from tests.stack import OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished
+from tests.stack import OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_status
+from worker import keys
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 # Keep-alives would reset a read timeout forever, so reading a stream also has a deadline.
@@ -142,6 +143,50 @@ def test_late_client_gets_history_and_can_resume(stack: Stack, model: str) -> No
     assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in after_running]
     assert by_query.status_code == 200 and by_query.text.count("event: ") == len(after_running)
     assert after_end == []
+
+
+def test_a_job_nobody_follows_writes_no_stream_and_its_record_tells_the_history(
+        stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "status", "status": 500}, {"kind": "ok"})
+    with stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        job = wait_status(client, job_id, "succeeded")  # plain reads: nobody follows the job
+        assert not stack.redis.exists(keys.job_events(job_id))
+        events = read_events(client, job_id)
+        resumed = read_events(client, job_id, **{"Last-Event-ID": "0-3"})
+    assert kinds(events) == ["queued", "running", "retrying", "running", "succeeded"]
+    assert [e.id for e in events] == ["0-1", "0-2", "0-3", "0-4", "0-5"]
+    assert [e.data.get("attempt") for e in events] == [None, 1, 1, 2, None]
+    first, second = job["attempts"]
+    told_at = [e.data["at"] for e in events]
+    shown_at = [job["created_at"], first["started_at"], None, second["started_at"], job["finished_at"]]
+    assert all(abs(at - ts(shown)) < 1e-3 for at, shown in zip(told_at, shown_at, strict=True) if shown)
+    assert told_at == sorted(told_at)
+    assert events[2].data["reason"] == "http_500" and events[2].data["retry_in_s"] == first["retry_in_s"]
+    assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in events[3:]]
+    assert not stack.redis.exists(keys.job_events(job_id)), "reading a finished job's history writes nothing"
+
+
+def test_a_job_followed_midway_gets_the_rest_streamed_and_one_history(
+        stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "status", "status": 500, "latency_ms": 1000}, {"kind": "ok", "latency_ms": 300})
+    with stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        wait_status(client, job_id, "running")
+        live = read_events(client, job_id)  # from the first attempt's call to the end
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        later = read_events(client, job_id)
+        resumed = read_events(client, job_id, **{"Last-Event-ID": "0-2"})
+    assert job["status"] == "succeeded"
+    assert kinds(live) == ["queued", "running", "retrying", "running", "succeeded"]
+    # Told by the record up to the watch, streamed after it: stream ids are Redis's, above every told one.
+    assert [e.id for e in live[:2]] == ["0-1", "0-2"]
+    assert all(e.id and not e.id.startswith("0-") for e in live[2:])
+    assert live[2].received_at < ts(job["finished_at"]), "the retry came live"
+    assert [(e.id, e.data) for e in later] == [(e.id, e.data) for e in live]
+    assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in live[2:]]
+    ttl = int(stack.env.get("LLMQ_RESULT_TTL_S", "259200"))
+    assert 0 < stack.redis.ttl(keys.job_events(job_id)) <= ttl
 
 
 def test_wait_answers_within_200ms_of_the_finish(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
