@@ -222,6 +222,8 @@ def test_events_keep_other_keys_out_and_reject_bad_ids(stack: Stack, model: str)
     with stack.client() as owner, stack.client(OTHER_KEY) as other:
         job_id = submit(owner, chat(model))["id"]
         assert other.get(f"/v1/jobs/{job_id}/events").status_code == 404
+        assert other.get(f"/v1/jobs/{job_id}", params={"wait": 1}).status_code == 404
+        assert stack.redis.hget(keys.job(job_id), "watched") is None, "another key's read marks nothing"
         assert owner.get("/v1/jobs/job_AAAAAAAAAAAAAAAAAAAAAA/events").status_code == 404
         for bad in ("not-an-id", "12", "1-2-3", "99999999999999999999999-0"):
             response = owner.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": bad})
