@@ -61,7 +61,8 @@ class QoS(kombu_redis.QoS):
         delivery = message.delivery_info
         member = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self.channel.conn_or_acquire() as client:
-            client.zadd(self.unacked_index_key, {member: time()})
+            # execute_command: redis-py's zadd and zrem are wrapped in a per-call check of deprecated arguments.
+            client.execute_command("ZADD", self.unacked_index_key, time(), member)
         self._members[delivery_tag] = member
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -86,7 +87,7 @@ class QoS(kombu_redis.QoS):
         member = self._members.pop(delivery_tag, None)
         if member is not None:
             with self.channel.conn_or_acquire() as client:
-                client.zrem(self.unacked_index_key, member)
+                client.execute_command("ZREM", self.unacked_index_key, member)
 
     def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
         try:
