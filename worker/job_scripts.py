@@ -17,8 +17,7 @@ from worker.keys import EVENTS_MAXLEN
 # Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
 # KEYS: per job: job, idempotency ('' for none), broker queue ('' to publish separately); then active
 # ARGV: ttl_s, then per job: pair_count, now, job_id, broker message, field, value, ...
-# The event stream starts with the claim: a job's `queued` event is told from its record (api.routes.events),
-# which saves a write and the stream's own TTL here, for every job.
+# No event is written here: a job's `queued` event is always told from its record (api.event_history).
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay).
 SUBMIT = """
 local ttl, active = ARGV[1], KEYS[#KEYS]

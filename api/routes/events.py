@@ -107,7 +107,7 @@ async def event_frames(
     response_class=EventStreamResponse,
     responses={
         200: {
-            "description": "Server-sent events `state` and `delta`; `id` is the event's stream id.",
+            "description": "Server-sent events `state` and `delta`; resume after an event with its `id`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **ERRORS,
