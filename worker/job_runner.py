@@ -192,18 +192,18 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         return _setup_error(rt, job_id, claim, "key_unreadable",
                             "the stored key cannot be decrypted: LLMQ_SECRET changed since submission")
 
-    assert claim.request is not None
     started = claim.started_at
+    body = claim.request.encode()
     extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model}
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():
-            if claim.request.get("stream"):
-                result = wait(rt.upstream.stream(
-                    base_url, key, claim.request,
+            if claim.stream:
+                completion = wait(rt.upstream.stream(
+                    base_url, key, body,
                     on_delta=lambda deltas: publish_deltas(rt, job_id, claim, deltas),
                 ))
             else:
-                result = wait(rt.upstream.complete(base_url, key, claim.request))
+                completion = wait(rt.upstream.complete(base_url, key, body))
     except UpstreamError as err:
         _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
@@ -223,10 +223,10 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
 
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(claim.model, "200").observe(time.time() - started)
-    finished = rt.store.finish(job_id, "succeeded", record, result=result)
+    finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)
     if finished:
         metrics.JOBS_FINISHED.labels("succeeded").inc()
-        count_tokens(claim, result)
+        count_tokens(claim, completion.data)
     log.info("attempt succeeded" if finished else "attempt succeeded after the job was cancelled; result dropped",
              extra={**extra, "status_code": 200, "outcome": "ok", "duration_ms": record["duration_ms"]})
     return Outcome(notify=finished and bool(claim.callback_status))

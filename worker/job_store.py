@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,7 +21,8 @@ class Claim:
     state: str  # claimed | missing | finished | leased
     attempt: int = 0
     key_token: str = ""
-    request: dict[str, Any] | None = None
+    request: str = ""  # the chat body as stored: JSON text, sent to the proxy as it is
+    stream: bool = False
     environment: str = ""
     max_attempts: int = 1
     model: str = ""
@@ -62,12 +62,13 @@ class JobStore:
             return Claim(state=state, detail=reply[1], callback_status=reply[2])
         if state != "claimed":
             return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
-        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id = reply
+        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream = reply
         return Claim(
             state="claimed",
             attempt=int(attempt),
             key_token=key_token,
-            request=json.loads(request),
+            request=request,
+            stream=stream == "1",
             environment=environment,
             max_attempts=int(max_attempts),
             model=model,
@@ -122,14 +123,14 @@ class JobStore:
         status: str,
         attempt: dict[str, Any] | None,
         *,
-        result: dict[str, Any] | None = None,
+        result_json: str | None = None,
         error: dict[str, Any] | None = None,
         allowed_from: tuple[str, ...] = ("running",),
     ) -> bool:
         now = time.time()
         fields = {}
-        if result is not None:
-            fields["result"] = dumps(result)
+        if result_json is not None:
+            fields["result"] = result_json
         if error is not None:
             fields["error"] = dumps(error)
         event = state_event(status, now, **({"error": error} if error else {}))

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -25,6 +26,7 @@ from worker.errors import (
     UpstreamTimeout,
     proxy_error_message,
 )
+from worker.jobs import dumps
 from worker.retry_policy import parse_retry_after
 from worker.settings import Settings
 from worker.streaming import CompletionAssembler, Delta, SseDataParser
@@ -32,7 +34,15 @@ from worker.streaming import CompletionAssembler, Delta, SseDataParser
 DeltaSink = Callable[[list[Delta]], None]
 
 
-def check_completion(body: bytes) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Completion:
+    """A ChatCompletion: parsed, and as JSON text to store (the proxy's own text when it answered in one piece)."""
+
+    data: dict[str, Any]
+    text: str
+
+
+def check_completion(body: bytes) -> Completion:
     """A 2xx body must be a chat completion; anything else is worth another attempt."""
     try:
         data = json.loads(body)
@@ -42,7 +52,11 @@ def check_completion(body: bytes) -> dict[str, Any]:
         message = proxy_error_message(body) if isinstance(data, dict) else None
         detail = f": {message}" if message else ""
         raise InvalidCompletion(f"the proxy answered 2xx without a chat completion{detail}", body=body)
-    return data
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:  # JSON in UTF-16 or UTF-32, which json.loads reads too
+        text = dumps(data)
+    return Completion(data, text)
 
 
 # httpx2's pool probes every idle connection (a poll(2) each) whenever a request starts or
@@ -77,12 +91,12 @@ class UpstreamClient:
             for _ in range(count)
         ]
 
-    async def complete(self, base_url: str, key: str, request: dict[str, Any]) -> dict[str, Any]:
-        """One non-streaming call; the ChatCompletion as the proxy sent it."""
+    async def complete(self, base_url: str, key: str, request: bytes) -> Completion:
+        """One non-streaming call of `request` (the chat body as JSON); the ChatCompletion as the proxy sent it."""
         async with self._send(base_url, key, request, stream=False) as response:
             return check_completion(await response.aread())
 
-    async def stream(self, base_url: str, key: str, request: dict[str, Any], on_delta: DeltaSink) -> dict[str, Any]:
+    async def stream(self, base_url: str, key: str, request: bytes, on_delta: DeltaSink) -> Completion:
         """One streaming call; deltas go to `on_delta` as they come, the assembled completion is returned."""
         async with self._send(base_url, key, request, stream=True) as response:
             if "text/event-stream" not in response.headers.get("content-type", ""):
@@ -102,18 +116,18 @@ class UpstreamClient:
                 if assembler.done:
                     break
             take(parser.end())  # a last event with no blank line after it (ignored once [DONE] was seen)
-            return assembler.result()
+            result = assembler.result()
+            return Completion(result, dumps(result))
 
     @asynccontextmanager
     async def _send(
-        self, base_url: str, key: str, request: dict[str, Any], *, stream: bool
+        self, base_url: str, key: str, body: bytes, *, stream: bool
     ) -> AsyncIterator[httpx2.Response]:
         headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
         }
-        body = json.dumps(request, ensure_ascii=False).encode()
         # The least busy pool: with every call on one event loop, no lock is needed.
         pool = min(self._pools, key=lambda p: p.in_flight)
         pool.in_flight += 1

@@ -80,7 +80,7 @@ def test_a_retried_job_tells_one_history_wherever_the_watch_began(store: JobStor
     second = store.claim(job_id, LEASE_S)
     assert second.attempt == 2
     stage("running 2")
-    assert store.finish(job_id, "succeeded", attempt(second.started_at, 2), result={"choices": [{}]})
+    assert store.finish(job_id, "succeeded", attempt(second.started_at, 2), result_json='{"choices":[{}]}')
     stage("finished")
 
     events = history(store, job_id)
@@ -101,7 +101,7 @@ def test_a_worker_lost_mid_call_shows_both_attempts(store: JobStore) -> None:
     first = store.claim(job_id, LEASE_S)
     watch(store, job_id)
     second = store.claim(job_id, LEASE_S, now=first.started_at + LEASE_S + 1)  # the first holder vanished
-    assert store.finish(job_id, "succeeded", attempt(second.started_at, 2), result={"choices": [{}]})
+    assert store.finish(job_id, "succeeded", attempt(second.started_at, 2), result_json='{"choices":[{}]}')
     events = history(store, job_id)
     assert shape(events) == [("queued", None), ("running", 1), ("running", 2), ("succeeded", None)]
     assert [event_id for event_id, _ in events[:2]] == ["0-1", "0-2"]
