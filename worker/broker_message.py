@@ -36,8 +36,8 @@ def random_uuid() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _template(app: Celery) -> tuple[str, str]:
-    """The message as a format string with a field per changing part, and the body's text after the args."""
+def _template(app: Celery) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """The message as its fixed pieces and the slots between them, and the body's text after the args."""
     headers, properties, body, _ = app.amqp.create_task_message(
         "", TASK_NAME, [], {}, ignore_result=True, argsrepr="", kwargsrepr="{}"
     )
@@ -59,23 +59,29 @@ def _template(app: Celery) -> tuple[str, str]:
             "delivery_tag": slot["delivery_tag"],
         },
     }
-    text = json.dumps(envelope).replace("{", "{{").replace("}", "}}")
-    for name in _SLOTS:
-        text = text.replace(f"@@{name}@@", f"{{{name}}}")
+    # Split on the markers: fixed piece, slot name, fixed piece, ..., fixed piece.
+    pieces = json.dumps(envelope).split("@@")
     # The body is [args, kwargs, embed]; kombu's JSON serializer writes it as json.dumps does.
     _, kwargs, embed = body
-    return text, f", {json.dumps(kwargs)}, {json.dumps(embed)}]"
+    return tuple(pieces[0::2]), tuple(pieces[1::2]), f", {json.dumps(kwargs)}, {json.dumps(embed)}]"
 
 
 def call_proxy_message(app: Celery, job_id: str, model: str, queue: str) -> str:
-    """The JSON kombu's Redis transport LPUSHes onto `queue` for one attempt of this job."""
-    template, body_tail = _template(app)
-    body = f"[{json.dumps([job_id])}{body_tail}"
-    return template.format(
-        task_id=random_uuid(),
+    """The JSON kombu's Redis transport LPUSHes onto `queue` for one attempt of this job.
+
+    `job_id` is one of `new_job_id`'s, URL-safe characters only: it goes into JSON without escaping.
+    The pieces are joined rather than `str.format`ted: parsing the 800-character template cost 6 µs a job."""
+    fixed, slots, body_tail = _template(app)
+    task_id = random_uuid()
+    values = {
+        "task_id": task_id,
         # JSON-escaped, without the quotes the template already has.
-        argsrepr=json.dumps(f"({job_id!r}, model={model!r})")[1:-1],
-        queue=json.dumps(queue)[1:-1],
-        delivery_tag=random_uuid(),
-        body=base64.b64encode(body.encode()).decode(),
-    )
+        "argsrepr": json.dumps(f"({job_id!r}, model={model!r})")[1:-1],
+        "queue": json.dumps(queue)[1:-1],
+        "delivery_tag": random_uuid(),
+        "body": base64.b64encode(f'[["{job_id}"]{body_tail}'.encode()).decode(),
+    }
+    parts = [fixed[0]]
+    for slot, piece in zip(slots, fixed[1:], strict=True):
+        parts += (values[slot], piece)
+    return "".join(parts)
