@@ -72,9 +72,8 @@ def call_proxy_message(app: Celery, job_id: str, model: str, queue: str) -> str:
     `job_id` is one of `new_job_id`'s, URL-safe characters only: it goes into JSON without escaping.
     The pieces are joined rather than `str.format`ted: parsing the 800-character template cost 6 µs a job."""
     fixed, slots, body_tail = _template(app)
-    task_id = random_uuid()
     values = {
-        "task_id": task_id,
+        "task_id": random_uuid(),
         # JSON-escaped, without the quotes the template already has.
         "argsrepr": json.dumps(f"({job_id!r}, model={model!r})")[1:-1],
         "queue": json.dumps(queue)[1:-1],
