@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.jobs import TERMINAL, parse_json_lines
+from worker.jobs import TERMINAL, parse_json_lines, state_change
 
 TOLD_ID_MAJOR = "0"
-Event = dict[str, Any]
 
 
 def told_id(index: int) -> str:
@@ -39,29 +38,25 @@ def watch_point(fields: dict[str, str], last_stream_id: str) -> tuple[int, int] 
     return None
 
 
-def _state(status: str, at: float, **details: Any) -> Event:
-    return {"type": "state", "status": status, "at": at, **details}
-
-
-def told_events(fields: dict[str, str], upto: tuple[int, int] | None) -> list[Event]:
+def told_events(fields: dict[str, str], upto: tuple[int, int] | None) -> list[dict[str, Any]]:
     """The state events the record tells, in order: all of them, or those before the watch point `upto`."""
     attempts = parse_json_lines(fields.get("attempts"))
-    events = [_state("queued", float(fields.get("created_at") or 0))]
+    events = [state_change("queued", float(fields.get("created_at") or 0))]
     records, count = upto if upto is not None else (len(attempts), int(fields.get("attempt_count") or 0))
     for attempt in attempts[:records]:
         started = float(attempt.get("started_at", attempt.get("finished_at", 0)))
-        events.append(_state("running", started, attempt=attempt["n"]))
+        events.append(state_change("running", started, attempt=attempt["n"]))
         if "retry_in_s" in attempt:
             ended = round(started + float(attempt.get("duration_ms", 0)) / 1000, 6)
-            events.append(_state("retrying", ended, attempt=attempt["n"], retry_in_s=attempt["retry_in_s"],
+            events.append(state_change("retrying", ended, attempt=attempt["n"], retry_in_s=attempt["retry_in_s"],
                                  reason=attempt["outcome"]))
     if count > records:
         # The attempt in hand then: its record, once written, has its start; until then the record's field does.
         record = next((a for a in attempts if a.get("n") == count), {})
         at = record.get("started_at") or fields.get("attempt_started_at") or 0
-        events.append(_state("running", float(at), attempt=count))
+        events.append(state_change("running", float(at), attempt=count))
     if upto is None and fields.get("status") in TERMINAL:
         error = json.loads(fields["error"]) if fields.get("error") else None
-        events.append(_state(fields["status"], float(fields.get("finished_at") or 0),
+        events.append(state_change(fields["status"], float(fields.get("finished_at") or 0),
                              **({"error": error} if error else {})))
     return events

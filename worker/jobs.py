@@ -86,9 +86,14 @@ class NewJob:
         return fields
 
 
+def state_change(status: str, at: float, **details: Any) -> dict[str, Any]:
+    """One state-change event of a job: what its stream holds, and what its record tells (api.event_history)."""
+    return {"type": "state", "status": status, "at": at, **details}
+
+
 def state_event(status: str, at: float, **details: Any) -> str:
     """The JSON of one state-change event on a job's stream."""
-    return dumps({"type": "state", "status": status, "at": at, **details})
+    return dumps(state_change(status, at, **details))
 
 
 def job_error(error_type: str, message: str) -> dict[str, Any]:
