@@ -10,6 +10,7 @@ import redis
 from redis.commands.core import Script
 
 from worker import job_scripts, keys
+from worker.held_connection import HeldConnections
 from worker.jobs import TERMINAL, UNFINISHED, dumps, public_view, state_event
 from worker.streaming import Delta
 
@@ -40,16 +41,16 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self._held = HeldConnections(client)
         self._claim = client.register_script(job_scripts.CLAIM)
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
         self._claim_delivery = client.register_script(job_scripts.CLAIM_DELIVERY)
 
     def _run(self, script: Script, keys_: list[str], args: list[Any]) -> Any:
-        """Every script call of the worker: `EVALSHA` without redis-py's inspection of each call's arguments
-        (its `evalsha` is wrapped in a deprecation check that cost the worker a few % of its CPU)."""
+        """Every script call of the worker: `EVALSHA` on the thread's held connection (see `worker.held_connection`)."""
         try:
-            return self.redis.execute_command("EVALSHA", script.sha, len(keys_), *keys_, *args)
+            return self._held.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
         except redis.exceptions.NoScriptError:
             return script(keys=keys_, args=args)  # loads it into this Redis, then runs it
 

@@ -34,6 +34,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
+from worker.held_connection import HeldConnections
+
 log = logging.getLogger("llmq.broker")
 
 # The sorted set of delivered, unacknowledged messages: member [payload, exchange, routing key], score delivery time.
@@ -60,9 +62,7 @@ class QoS(kombu_redis.QoS):
     def append(self, message, delivery_tag):  # type: ignore[no-untyped-def]
         delivery = message.delivery_info
         member = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        with self.channel.conn_or_acquire() as client:
-            # execute_command: redis-py's zadd and zrem are wrapped in a per-call check of deprecated arguments.
-            client.execute_command("ZADD", self.unacked_index_key, time(), member)
+        self.channel.held().execute("ZADD", self.unacked_index_key, time(), member)
         self._members[delivery_tag] = member
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -86,8 +86,7 @@ class QoS(kombu_redis.QoS):
     def _forget(self, delivery_tag: str) -> None:
         member = self._members.pop(delivery_tag, None)
         if member is not None:
-            with self.channel.conn_or_acquire() as client:
-                client.execute_command("ZREM", self.unacked_index_key, member)
+            self.channel.held().execute("ZREM", self.unacked_index_key, member)
 
     def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
         try:
@@ -137,17 +136,25 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     unacked_index_key = UNACKED_KEY
     _shared_client: Any = None
+    _held: HeldConnections | None = None
 
-    @contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        if client:
-            yield client
-            return
+    def _shared(self) -> Any:
         shared = self._shared_client
         # A new pool (after a reconnect) gets a new client.
         if shared is None or shared.connection_pool is not self.pool:
             shared = self._shared_client = self._create_client()
-        yield shared
+            self._held = HeldConnections(shared)
+        return shared
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        yield client or self._shared()
+
+    def held(self) -> HeldConnections:
+        """The unacked set's commands, one per delivery and one per acknowledgement, on a held connection."""
+        self._shared()
+        assert self._held is not None
+        return self._held
 
     def restore_queues(self, payload: dict[str, Any], exchange: str, routing_key: str) -> list[str]:
         """Marks a message redelivered and names the queues it goes back to (kombu's `_do_restore_message`)."""
