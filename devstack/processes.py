@@ -17,11 +17,14 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class ManagedProcess:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+    ) -> None:
         self.name = name
         self.args = args
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
@@ -29,7 +32,7 @@ class ManagedProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its whole life
         self.process = subprocess.Popen(
             self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, cwd=self.cwd,
         )
         log.close()
         return self

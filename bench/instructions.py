@@ -1,0 +1,181 @@
+"""`python -m bench.instructions`: the worker's and the API's work in instructions, this tree against a baseline.
+
+On a shared or virtual machine the speed of the same code drifts by a third within the hour, which hides
+changes of a few per cent in seconds and jobs/s. Valgrind's callgrind counts the instructions a process
+executes, whatever else the machine is doing: the same code gives the same count within about 2 %. This runs
+the worker and the API of two source trees under callgrind, counting only while the measured load runs, against
+a private Redis and the mock proxy, and prints per tree:
+
+- the worker's instructions per job (N jobs through the real API at L ms, C slots);
+- the API's instructions per `GET /healthz` and per `POST /v1/jobs`, and their ratio;
+
+for the baseline (a git ref, checked out into a temporary worktree) and for this tree, with this / baseline.
+The counts leave out the kernel (system calls) and waiting, so they measure the Python-level work, not the
+rates `python -m bench` reports. The baseline runs with this tree's virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen
+from bench.end_to_end import Drain, api_client, submit_batches, warm_up
+from bench.jobs import job_body
+from bench.stack import RESULTS_DIR, ROOT, BenchStack
+from bench.submission import HEADERS
+from devstack.processes import VENV_BIN, ManagedProcess
+from devstack.redis_server import free_port
+from worker.keys import QUEUES_IN_ORDER
+
+START_TIMEOUT_S = 300  # a Python process starts about ten times slower under valgrind
+LOAD_CONNECTIONS = 16
+
+
+class Counted:
+    """A process under callgrind, counting instructions only while `count` runs its load."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], tree: Path, log_dir: Path) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="llmq-callgrind-")) / "callgrind.out"
+        args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}", *command]
+        # Celery puts its working directory first on sys.path: it must be the tree measured.
+        self.process = ManagedProcess(name, args, {**env, "PYTHONPATH": str(tree)}, log_dir / f"{name}.log", cwd=tree)
+        self._dumps = 0
+
+    def _control(self, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(self.process.pid)], check=True, capture_output=True)
+
+    def count(self, load: Callable[[], None]) -> int:
+        self._control("-i", "on")
+        try:
+            load()
+        finally:
+            self._control("-i", "off")
+        self._control("-d")
+        self._dumps += 1
+        dump = Path(f"{self.out}.{self._dumps}")
+        for _ in range(50):  # callgrind_control returns once the dump is requested, not written
+            if dump.exists() and "\ntotals:" in dump.read_text(errors="replace"):
+                break
+            time.sleep(0.1)
+        totals = [line for line in dump.read_text(errors="replace").splitlines() if line.startswith("totals:")]
+        return int(totals[-1].split()[1])
+
+    def cleanup(self) -> None:
+        self.process.stop(timeout_s=60)  # before its directory goes: callgrind writes a last dump on exit
+        shutil.rmtree(self.out.parent, ignore_errors=True)
+
+
+def _load(url: str, method: str, body: str | None, n: int, ok: int) -> None:
+    result = loadgen.run({"client": "aiohttp", "method": method, "url": url, "headers": HEADERS, "body": body,
+                          "n": n, "concurrency": LOAD_CONNECTIONS, "ok_status": [ok]}, timeout_s=1800)
+    if result["ok"] != n:
+        raise RuntimeError(f"{method} {url}: {n - result['ok']} of {n} failed: {result['statuses']}")
+
+
+def count_worker(tree: Path, jobs: int, latency_ms: int, concurrency: int) -> float:
+    with BenchStack(f"instructions-worker-{tree.name}", concurrency) as stack:
+        stack.start_mock(latency_ms)
+        stack.start_api()
+        command = [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", ",".join(QUEUES_IN_ORDER),
+                   "--hostname", "counted@%h", "--without-mingle", "--without-gossip", "-l", "INFO"]
+        worker = Counted("worker", command, stack.env(), tree, stack.log_dir)
+        try:
+            stack.add(worker.process)
+            stack.workers.append(worker.process)
+            worker.process.wait_for_log("ready.", timeout_s=START_TIMEOUT_S)
+            warm_up(stack, 20)
+
+            def run_jobs() -> None:
+                with api_client(stack) as client:
+                    submit_batches(client, 0, jobs)
+                Drain(stack).wait(1800)
+
+            return worker.count(run_jobs) / jobs
+        finally:
+            worker.cleanup()
+
+
+def count_api(tree: Path, requests: int) -> dict[str, float]:
+    body = json.dumps(job_body(0))
+    with BenchStack(f"instructions-api-{tree.name}") as stack:
+        port = free_port()
+        command = [str(VENV_BIN / "uvicorn"), "--factory", "api.main:app_from_env", "--host", "127.0.0.1",
+                   "--port", str(port), "--no-access-log"]
+        api = Counted("api", command, stack.env(), tree, stack.log_dir)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            stack.add(api.process)
+            api.process.wait_for_http(f"{url}/healthz", timeout_s=START_TIMEOUT_S)
+            _load(f"{url}/v1/jobs", "POST", body, 200, 202)  # warm-up: pools, code paths
+            _load(f"{url}/healthz", "GET", None, 200, 200)
+            healthz = api.count(lambda: _load(f"{url}/healthz", "GET", None, requests, 200)) / requests
+            post = api.count(lambda: _load(f"{url}/v1/jobs", "POST", body, requests, 202)) / requests
+            return {"healthz": healthz, "post": post, "healthz_over_post": healthz / post}
+        finally:
+            api.cleanup()
+
+
+def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"bench.instructions: {tree}: worker, {args.jobs} jobs", file=sys.stderr, flush=True)
+    worker = count_worker(tree, args.jobs, args.latency_ms, args.concurrency)
+    print(f"bench.instructions: {tree}: API, {args.requests} requests each", file=sys.stderr, flush=True)
+    return {"worker_per_job": worker, **count_api(tree, args.requests)}
+
+
+def print_table(baseline_ref: str, baseline: dict[str, Any], current: dict[str, Any], args: argparse.Namespace) -> None:
+    rows = [
+        (f"worker, per job ({args.jobs} jobs at {args.latency_ms} ms, {args.concurrency} slots)", "worker_per_job"),
+        ("API, per GET /healthz", "healthz"),
+        ("API, per POST /v1/jobs", "post"),
+    ]
+    print(f"\nInstructions (callgrind), baseline {baseline_ref} against this tree\n")
+    print(f"| {'':<58} | {'baseline':>10} | {'this tree':>10} | {'this / baseline':>15} |")
+    print(f"|{'-' * 60}|{'-' * 12}|{'-' * 12}|{'-' * 17}|")
+    for label, key in rows:
+        b, c = baseline[key], current[key]
+        print(f"| {label:<58} | {b / 1000:>9,.0f}k | {c / 1000:>9,.0f}k | {c / b:>15.3f} |")
+    print(f"| {'GET /healthz / POST /v1/jobs (instructions)':<58} | {baseline['healthz_over_post']:>10.3f} | "
+          f"{current['healthz_over_post']:>10.3f} | {'':>15} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="HEAD", help="git ref to compare this tree with (default HEAD)")
+    parser.add_argument("--jobs", type=int, default=400, help="jobs for the worker's count (default 400)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint for the API's count")
+    parser.add_argument("--latency-ms", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=200)
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("bench.instructions needs valgrind (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    commit = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    worktree = Path(tempfile.mkdtemp(prefix="llmq-baseline-")) / commit
+    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=ROOT, check=True,
+                   capture_output=True)
+    try:
+        baseline = measure(worktree, args)
+        current = measure(ROOT, args)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(worktree.parent, ignore_errors=True)
+    print_table(f"{args.baseline} ({commit})", baseline, current, args)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "instructions.json").write_text(json.dumps(
+        {"baseline": {"ref": args.baseline, "commit": commit, **baseline}, "this_tree": current,
+         "config": {k: v for k, v in vars(args).items() if k != "baseline"}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
