@@ -47,12 +47,13 @@ class NewJob:
     owner: str
     key_token: str
     model: str
-    request: dict[str, Any]
+    request_json: str  # the chat body as JSON text, stored and sent to the proxy as it is
     environment: str
     priority: Priority
     max_attempts: int
     created_at: float
     app_id: str
+    stream: bool = False
     metadata: dict[str, Any] | None = None
     callback: dict[str, Any] | None = None
     callback_secret_token: str | None = None
@@ -66,14 +67,14 @@ class NewJob:
             "key_token": self.key_token,
             "app_id": self.app_id,
             "model": self.model,
-            "request": dumps(self.request),
+            "request": self.request_json,
             "environment": self.environment,
             "priority": self.priority,
             "max_attempts": str(self.max_attempts),
             "status": "queued",
             "created_at": repr(self.created_at),
             "updated_at": repr(self.created_at),
-            "stream": "1" if self.request.get("stream") else "0",
+            "stream": "1" if self.stream else "0",
         }
         if self.metadata is not None:
             fields["metadata"] = dumps(self.metadata)

@@ -16,7 +16,7 @@ from api.event_history import told_events, told_id, told_index, watch_point
 from devstack.redis_server import RedisServer
 from worker import job_scripts, keys
 from worker.job_store import JobStore
-from worker.jobs import UNFINISHED, NewJob, new_job_id, state_event
+from worker.jobs import UNFINISHED, NewJob, dumps, new_job_id, state_event
 
 OWNER = "owner-1"
 LEASE_S = 30.0
@@ -32,7 +32,8 @@ def store(redis_server: RedisServer) -> Iterator[JobStore]:
 
 
 def new_job(store: JobStore, **request: Any) -> str:
-    job = NewJob(id=new_job_id(), owner=OWNER, key_token="t", model="m", request={"model": "m", **request},
+    job = NewJob(id=new_job_id(), owner=OWNER, key_token="t", model="m", request_json=dumps({"model": "m", **request}),
+                 stream=bool(request.get("stream")),
                  environment="test", priority="normal", max_attempts=3, created_at=1_000.0, app_id="a")
     store.redis.hset(keys.job(job.id), mapping=job.fields)
     return job.id

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from worker.job_view import job_json, job_json_bytes
-from worker.jobs import NewJob, public_view
+from worker.jobs import NewJob, dumps, public_view
 
 
 def a_job() -> NewJob:
     return NewJob(id="job_" + "a" * 22, owner="owner-fingerprint", key_token="token", model="m",
-                  request={"model": "m", "messages": [{"role": "user", "content": "x" * 1000}]},
+                  request_json=dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 1000}]}),
                   environment="test", priority="normal", max_attempts=3, created_at=1_700_000_000.25,
                   app_id="4242", metadata={"ticket": 7})
 

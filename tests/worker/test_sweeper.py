@@ -35,7 +35,7 @@ def rt(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[R
 
 
 def make_job(rt: Runtime, status: str, age_s: float, **fields: str) -> str:
-    job = NewJob(id=new_job_id(), owner="o", key_token="t", model="m", request={}, environment="test",
+    job = NewJob(id=new_job_id(), owner="o", key_token="t", model="m", request_json="{}", environment="test",
                  priority="high", max_attempts=3, created_at=NOW - age_s, app_id="a")
     record = {**job.fields, "status": status, "updated_at": repr(NOW - age_s), **fields}
     rt.redis.hset(keys.job(job.id), mapping=record)
