@@ -53,6 +53,7 @@ class RedisServer:
             redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction", "--notify-keyspace-events", "",
+            "--hash-max-ziplist-value", "1024",  # as ops/redis/redis.conf: job records in the compact encoding
             "--logfile", str(self.data_dir / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

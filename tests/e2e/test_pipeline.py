@@ -49,6 +49,16 @@ def test_unknown_parameters_reach_the_proxy_untouched(stack: Stack, model: str) 
     assert json.loads(stored) == request
 
 
+def test_a_record_is_kept_in_the_compact_encoding(stack: Stack, model: str) -> None:
+    # hash-max-ziplist-value 1024 (ops/redis/redis.conf, devstack): the encrypted key and a short request
+    # are over Redis's default 64 bytes, which would make every record a full hash table.
+    with stack.client() as client:
+        job = submit(client, chat(model, "x" * 300))
+    record = keys.job(job["id"])
+    assert len(stack.redis.hget(record, "key_token") or "") > 64
+    assert stack.redis.object("encoding", record) in ("listpack", "ziplist")  # Redis 7, Redis 6
+
+
 def test_two_500s_then_success_takes_three_attempts(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
     mock_proxy.script(model, {"kind": "status", "status": 500}, {"kind": "status", "status": 500})
     with stack.client() as client:

@@ -633,6 +633,8 @@ def test_k8s_redis_matches_the_redis_conf() -> None:
     assert option_value(args, "--appendonly") == "yes"
     assert option_value(args, "--appendfsync") == "everysec"
     assert option_value(args, "--maxmemory-policy") == "noeviction"
+    assert option_value(args, "--hash-max-ziplist-value") == redis_conf(OPS / "redis" / "redis.conf")[
+        "hash-max-ziplist-value"]
 
 
 # --- Redis, systemd -----------------------------------------------------------------------------------
@@ -645,6 +647,7 @@ def test_redis_conf_is_durable_and_never_evicts() -> None:
     assert conf["maxmemory-policy"] == "noeviction"
     assert conf["notify-keyspace-events"] == '""'
     assert conf["timeout"] == "0" and conf["tcp-keepalive"] == "60"
+    assert conf["hash-max-ziplist-value"] == "1024"
 
 
 def test_systemd_units() -> None:
