@@ -59,7 +59,8 @@ def test_every_job_succeeds_through_chaos(
     statuses = Counter(job["status"] for job in jobs)
     outcomes = Counter(a["outcome"] for job in jobs for a in job["attempts"])
     assert len(ids) == JOBS
-    failed = [(job.get("error"), [a["outcome"] for a in job["attempts"]]) for job in jobs if job["status"] != "succeeded"]
+    failed = [(job.get("error"), [a["outcome"] for a in job["attempts"]])
+              for job in jobs if job["status"] != "succeeded"]
     assert statuses == {"succeeded": JOBS}, (statuses, failed[:3])
     assert stack.redis.zcard(keys.ACTIVE_JOBS) == 0, "nothing left queued, running or retrying"
     for kind in ("http_500", "http_429", "timeout", "invalid_completion", "ok"):
