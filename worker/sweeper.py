@@ -53,7 +53,8 @@ def sweep(
     settings = rt.settings
     horizon = now - min(settings.visibility_timeout_s, settings.stuck_after_s)
     report = SweepReport()
-    names = ("status", "lease_until", "next_attempt_at", "updated_at", "model", "priority", "requeues")
+    names = ("status", "lease_until", "next_attempt_at", "updated_at", "model", "priority", "requeues",
+             "attempt_count", "requeued_at_attempt")
     due = cast(list[str], rt.redis.zrangebyscore(keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH))
     for job_id in due:
         values = cast(list[str | None], rt.redis.hmget(keys.job(job_id), names))
@@ -72,7 +73,11 @@ def sweep(
             # in the sweep after it could be overdue.
             rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: due_at - (now - horizon)}, xx=True)
             continue
-        requeues = int(fields.get("requeues") or 0)
+        # Republishing counts against a job only while it makes no attempt in between: a long job
+        # rescued now and then over its life is not stuck.
+        attempts = fields.get("attempt_count", "0")
+        stalled = fields.get("requeued_at_attempt", attempts) == attempts
+        requeues = int(fields.get("requeues") or 0) if stalled else 0
         if fields["status"] != "queued" and requeues >= MAX_REQUEUES:
             error = job_error("stuck", f"the job stopped moving ({fields['status']}) and was published again "
                                        f"{requeues} times without progress")
@@ -81,7 +86,7 @@ def sweep(
                 notify(job_id)
             continue
         pipe = rt.redis.pipeline(transaction=False)
-        pipe.hincrby(keys.job(job_id), "requeues", 1)
+        pipe.hset(keys.job(job_id), mapping={"requeues": requeues + 1, "requeued_at_attempt": attempts})
         pipe.zadd(keys.ACTIVE_JOBS, {job_id: now})  # not again before another full period
         pipe.execute()
         publish(job_id, fields.get("model", ""), keys.QUEUE_BY_PRIORITY.get(fields.get("priority", ""), "llmq.normal"))

@@ -77,6 +77,25 @@ def test_a_job_that_never_moves_is_failed_with_a_clear_error(rt: Runtime) -> Non
     assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) is None
 
 
+def test_republishing_counts_only_while_the_job_makes_no_attempt(rt: Runtime) -> None:
+    overdue = repr(NOW - VISIBILITY - 1)
+    job_id = make_job(rt, "retrying", 2000, next_attempt_at=overdue, attempt_count="2")
+    for n in range(1, MAX_REQUEUES + 1):
+        rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: NOW - 9000})
+        assert sweep(rt, lambda *args: None, now=NOW).requeued == [job_id]
+        assert rt.redis.hget(keys.job(job_id), "requeues") == str(n)
+    # An attempt since the last republish is progress: the count starts again rather than failing the job.
+    rt.redis.hset(keys.job(job_id), "attempt_count", "3")
+    rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: NOW - 9000})
+    assert sweep(rt, lambda *args: None, now=NOW).requeued == [job_id]
+    assert rt.redis.hmget(keys.job(job_id), ["requeues", "requeued_at_attempt"]) == ["1", "3"]
+    # No attempt since: it fails once the count is used up again.
+    for _ in range(MAX_REQUEUES):
+        rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: NOW - 9000})
+        report = sweep(rt, lambda *args: None, now=NOW)
+    assert report.failed == [job_id]
+
+
 def test_expired_jobs_leave_the_index_and_their_stream_goes(rt: Runtime) -> None:
     rt.redis.zadd(keys.ACTIVE_JOBS, {"job_gone": NOW - 9000})
     rt.redis.xadd(keys.job_events("job_gone"), {"e": "{}"})  # begun by a claim, never given a TTL
