@@ -37,11 +37,13 @@ def test_every_job_succeeds_through_chaos(
     record_figures: Callable[..., None],
 ) -> None:
     url = redis_server.url.rsplit("/", 1)[0] + "/6"
+    # Over half the calls fail, so a job may need many attempts: 0.55^40 leaves no room for chance. The
+    # timeouts leave a loaded machine room to answer a good call (a hang still outlasts them).
     stack = make_stack(
         url, chaotic_proxy, "chaos",
-        LLMQ_READ_TIMEOUT_S="1", LLMQ_CONNECT_TIMEOUT_S="1", LLMQ_RETRY_BASE_DELAY_S="0.05",
-        LLMQ_RETRY_MAX_DELAY_S="0.5", LLMQ_RETRY_AFTER_CAP_S="1", LLMQ_MAX_ATTEMPTS_LIMIT="25",
-        LLMQ_DEFAULT_MAX_ATTEMPTS="25", LLMQ_WORKER_CONCURRENCY="200",
+        LLMQ_READ_TIMEOUT_S="2", LLMQ_CONNECT_TIMEOUT_S="2", LLMQ_RETRY_BASE_DELAY_S="0.05",
+        LLMQ_RETRY_MAX_DELAY_S="0.5", LLMQ_RETRY_AFTER_CAP_S="1", LLMQ_MAX_ATTEMPTS_LIMIT="40",
+        LLMQ_DEFAULT_MAX_ATTEMPTS="40", LLMQ_WORKER_CONCURRENCY="200",
     )
     stack.redis.flushdb()
     stack.start_api()
