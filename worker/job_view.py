@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.jobs import public_view
+from worker.jobs import NewJob, public_view
 
 JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 
@@ -77,3 +77,17 @@ def job_json(fields: dict[str, str]) -> dict[str, Any]:
 def job_json_bytes(fields: dict[str, str]) -> bytes:
     """The same view as `job_json`, serialized by pydantic in one step (the API's answer to a submission)."""
     return JobPublic.model_validate(public_view(fields)).model_dump_json(exclude_none=True).encode()
+
+
+def new_job_json_bytes(job: NewJob) -> bytes:
+    """`job_json_bytes(job.fields)` for a job just recorded, from the job itself: parsing its record back
+    into a view took half the time of this answer."""
+    view: dict[str, Any] = {
+        "id": job.id, "status": "queued", "model": job.model, "environment": job.environment,
+        "priority": job.priority, "max_attempts": job.max_attempts, "stream": job.stream,
+        "created_at": job.created_at, "updated_at": job.created_at, "metadata": job.metadata,
+    }
+    if job.callback is not None:
+        view["callback_url"] = job.callback["url"]
+        view["callback_status"] = "pending"
+    return JobPublic.model_validate(view).model_dump_json(exclude_none=True).encode()

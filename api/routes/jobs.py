@@ -15,7 +15,7 @@ from api.job_store import AsyncJobStore
 from api.schemas import ErrorResponse, JobCreate, JobPublic
 from api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
 from worker import metrics
-from worker.job_view import job_json_bytes
+from worker.job_view import job_json_bytes, new_job_json_bytes
 from worker.jobs import TERMINAL, public_view
 from worker.tasks import enqueue_delivery
 
@@ -79,7 +79,7 @@ async def submit_job(
         headers["Idempotent-Replayed"] = "true"
         return json_response(job_json_bytes(await owned_fields(store, job_id, caller)), 200, headers)
     metrics.JOBS_SUBMITTED.labels(job.priority, job.environment).inc()
-    return json_response(job_json_bytes(job.fields), 202, headers)
+    return json_response(new_job_json_bytes(job), 202, headers)
 
 
 router.add_api_route(

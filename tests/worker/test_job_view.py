@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from worker.job_view import job_json, job_json_bytes
+import pytest
+
+from worker.job_view import job_json, job_json_bytes, new_job_json_bytes
 from worker.jobs import NewJob, dumps, public_view
 
 
@@ -27,3 +30,15 @@ def test_the_bytes_answer_is_the_same_view_as_the_json_one() -> None:
     fields = a_job().fields
     assert json.loads(job_json_bytes(fields)) == job_json(fields)
     assert json.loads(job_json_bytes(fields))["created_at"].startswith("2023-11-14T22:13:20.25")
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"metadata": None, "stream": True, "priority": "high", "environment": "prod"},
+    {"callback": {"url": "https://example.com/hook"}, "callback_secret_token": "secret-token",
+     "metadata": {"nested": {"list": [1, 2.5, None, "ü"]}}},
+    {"created_at": 1_700_000_000.123456789},
+])
+def test_a_new_jobs_answer_is_its_records_view(changes: dict[str, object]) -> None:
+    job = dataclasses.replace(a_job(), **changes)
+    assert new_job_json_bytes(job) == job_json_bytes(job.fields)
