@@ -35,8 +35,10 @@ class GroupCommit(Generic[Item, Outcome]):
         if not self._running:
             self._running = True
             self._task = asyncio.create_task(self._drain())
-        # A caller that goes away does not take its item back: it is committed with its group.
-        return await asyncio.shield(future)
+        # A caller that goes away cancels its future but does not take its item back: the item is committed
+        # with its group, and the outcome nobody waits for is dropped (no `asyncio.shield`: a future and two
+        # callbacks more per call).
+        return await future
 
     async def _drain(self) -> None:
         try:
@@ -46,7 +48,8 @@ class GroupCommit(Generic[Item, Outcome]):
                     outcomes = await self._commit([item for item, _ in group])
                 except Exception as err:  # every caller of the group answers for it (a 503, for Redis errors)
                     for _, future in group:
-                        future.set_exception(err)
+                        if not future.done():
+                            future.set_exception(err)
                     continue
                 except asyncio.CancelledError:  # the server is stopping: nobody is left waiting forever
                     for _, future in group + self._waiting:
@@ -54,6 +57,7 @@ class GroupCommit(Generic[Item, Outcome]):
                     self._waiting = []
                     raise
                 for (_, future), outcome in zip(group, outcomes, strict=True):
-                    future.set_result(outcome)
+                    if not future.done():
+                        future.set_result(outcome)
         finally:
             self._running = False
