@@ -32,22 +32,22 @@ from bench.end_to_end import Drain, api_client, submit_batches, warm_up
 from bench.jobs import job_body
 from bench.stack import RESULTS_DIR, ROOT, BenchStack
 from bench.submission import HEADERS
-from devstack.processes import VENV_BIN, ManagedProcess
+from devstack.processes import ManagedProcess, api_process, worker_process
 from devstack.redis_server import free_port
-from worker.keys import QUEUES_IN_ORDER
 
 START_TIMEOUT_S = 300  # a Python process starts about ten times slower under valgrind
 LOAD_CONNECTIONS = 16
 
 
 class Counted:
-    """A process under callgrind, counting instructions only while `count` runs its load."""
+    """A process as the dev stack starts it, run from `tree` under callgrind, counting only during `count`."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], tree: Path, log_dir: Path) -> None:
+    def __init__(self, process: ManagedProcess, tree: Path) -> None:
         self.out = Path(tempfile.mkdtemp(prefix="llmq-callgrind-")) / "callgrind.out"
-        args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}", *command]
+        args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}", *process.args]
         # Celery puts its working directory first on sys.path: it must be the tree measured.
-        self.process = ManagedProcess(name, args, {**env, "PYTHONPATH": str(tree)}, log_dir / f"{name}.log", cwd=tree)
+        self.process = ManagedProcess(process.name, args, {**process.env, "PYTHONPATH": str(tree)}, process.log_path,
+                                      cwd=tree)
         self._dumps = 0
 
     def _control(self, *args: str) -> None:
@@ -85,9 +85,7 @@ def count_worker(tree: Path, jobs: int, latency_ms: int, concurrency: int) -> fl
     with BenchStack(f"instructions-worker-{tree.name}", concurrency) as stack:
         stack.start_mock(latency_ms)
         stack.start_api()
-        command = [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", ",".join(QUEUES_IN_ORDER),
-                   "--hostname", "counted@%h", "--without-mingle", "--without-gossip", "-l", "INFO"]
-        worker = Counted("worker", command, stack.env(), tree, stack.log_dir)
+        worker = Counted(worker_process(stack.env(), stack.log_dir / "worker.log", "counted"), tree)
         try:
             stack.add(worker.process)
             stack.workers.append(worker.process)
@@ -108,9 +106,7 @@ def count_api(tree: Path, requests: int) -> dict[str, float]:
     body = json.dumps(job_body(0))
     with BenchStack(f"instructions-api-{tree.name}") as stack:
         port = free_port()
-        command = [str(VENV_BIN / "uvicorn"), "--factory", "api.main:app_from_env", "--host", "127.0.0.1",
-                   "--port", str(port), "--no-access-log"]
-        api = Counted("api", command, stack.env(), tree, stack.log_dir)
+        api = Counted(api_process(stack.env(), port, stack.log_dir / "api.log"), tree)
         url = f"http://127.0.0.1:{port}"
         try:
             stack.add(api.process)
