@@ -32,6 +32,8 @@ import httpx2
 # Reading pauses while this much is buffered and unread (a client that stopped reading a big answer).
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# httpcore2's names for what it asks a stream, and asyncio's for the same on a transport.
+_TRANSPORT_INFO = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername", "socket": "socket"}
 
 
 class _BufferingProtocol(asyncio.Protocol):
@@ -182,8 +184,8 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
             # An idle HTTP/1.1 connection that has data or an end is one the server has given up.
             protocol = self._protocol
             return bool(protocol.chunks) or protocol.at_eof or protocol.lost
-        name = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername", "socket": "socket"}
-        return self._transport.get_extra_info(name[info]) if info in name else None
+        name = _TRANSPORT_INFO.get(info)
+        return self._transport.get_extra_info(name) if name else None
 
 
 class AsyncioBackend(httpcore2.AsyncNetworkBackend):

@@ -90,7 +90,10 @@ def test_requests_go_through_the_backend_and_reuse_the_connection() -> None:
             for i in range(3):
                 response = await http.post(f"{url}/echo", content=f"hello {i}".encode())
                 assert response.status_code == 200 and response.content == f"hello {i}".encode()
-                assert isinstance(response.extensions["network_stream"], AsyncioStream)
+                stream = response.extensions["network_stream"]
+                assert isinstance(stream, AsyncioStream)
+                assert stream.get_extra_info("server_addr")[1] == int(url.rsplit(":", 1)[1])
+                assert stream.get_extra_info("ssl_object") is None and stream.get_extra_info("is_readable") is False
 
     run(scenario())
     assert server.connections == 1, "keep-alive: one connection for three requests"
