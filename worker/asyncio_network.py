@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import httpcore2
@@ -197,36 +197,36 @@ class AsyncioBackend(httpcore2.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
         local = (local_address, 0) if local_address else None
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(_BufferingProtocol, host, port, local_addr=local)
-        except TimeoutError as err:
-            raise httpcore2.ConnectTimeout(f"no connection to {host}:{port} in time") from err
-        except OSError as err:
-            raise httpcore2.ConnectError(str(err)) from err
-        for option in socket_options or ():
-            transport.get_extra_info("socket").setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+        connecting = asyncio.get_running_loop().create_connection(_BufferingProtocol, host, port, local_addr=local)
+        return await _connected(connecting, f"{host}:{port}", timeout, socket_options)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None
     ) -> httpcore2.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(_BufferingProtocol, path)
-        except TimeoutError as err:
-            raise httpcore2.ConnectTimeout(f"no connection to {path} in time") from err
-        except OSError as err:
-            raise httpcore2.ConnectError(str(err)) from err
-        for option in socket_options or ():
-            transport.get_extra_info("socket").setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+        connecting = asyncio.get_running_loop().create_unix_connection(_BufferingProtocol, path)
+        return await _connected(connecting, path, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(
+    connecting: Coroutine[Any, Any, tuple[asyncio.Transport, _BufferingProtocol]],
+    target: str,
+    timeout: float | None,
+    socket_options: Iterable[httpcore2.SOCKET_OPTION] | None,
+) -> AsyncioStream:
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await connecting
+    except TimeoutError as err:
+        raise httpcore2.ConnectTimeout(f"no connection to {target} in time") from err
+    except OSError as err:
+        raise httpcore2.ConnectError(str(err)) from err
+    for option in socket_options or ():
+        transport.get_extra_info("socket").setsockopt(*option)
+    return AsyncioStream(transport, protocol)
 
 
 def http_transport(ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> httpx2.AsyncHTTPTransport:
