@@ -7,11 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from kombu import Connection
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
 
 from devstack.redis_server import RedisServer
-from worker.celery_app import REDIS_TRANSPORT
+from worker import keys
+from worker.celery_app import REDIS_TRANSPORT, celery_config
 from worker.redis_transport import UNACKED_KEY
+from worker.settings import load_settings
 
 DB = 15
 STOP = "command-log-stop"
@@ -33,6 +36,7 @@ class CommandLog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.commands: list[str] = []
+        self.lines: list[str] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -49,6 +53,7 @@ class CommandLog:
                 if entry["command"].startswith("SELECT"):  # a new connection's, such as the one sending STOP
                     continue
                 self.commands.append(entry["command"].split(" ", 1)[0].upper())
+                self.lines.append(entry["command"])
         client.close()
 
     def __enter__(self) -> CommandLog:
@@ -80,6 +85,27 @@ def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: 
     assert raw.zcard(UNACKED_KEY) == 0
     assert not raw.exists("unacked", "unacked_index")  # kombu's own two structures are not used
     raw.close()
+
+
+def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: str) -> None:
+    """A job's priority is its queue; kombu's priority steps would make every BRPOP name four lists per queue."""
+    options = celery_config(load_settings(redis_url=db_url))["broker_transport_options"]
+    received: list[object] = []
+
+    def on_message(body: object, message: Message) -> None:
+        received.append(body)
+        message.ack()
+
+    with Connection(db_url, transport=REDIS_TRANSPORT, transport_options=options) as conn:
+        with conn.SimpleQueue(keys.QUEUES_IN_ORDER[2]) as queue:
+            queue.put({"n": 3})
+        queues = [Queue(name) for name in keys.QUEUES_IN_ORDER]
+        with Consumer(conn.channel(), queues=queues, callbacks=[on_message], accept=["json"]), \
+                CommandLog(db_url) as log:
+            conn.drain_events(timeout=5)
+    assert received == [{"n": 3}]
+    brpop = next(line for line in log.lines if line.upper().startswith("BRPOP"))
+    assert brpop.replace('"', "").split()[1:-1] == list(keys.QUEUES_IN_ORDER)
 
 
 def test_an_overdue_message_goes_back_to_its_queue_once(db_url: str) -> None:
