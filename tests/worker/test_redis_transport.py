@@ -35,7 +35,6 @@ class CommandLog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.commands: list[str] = []
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -52,9 +51,13 @@ class CommandLog:
                     break
                 if entry["command"].startswith("SELECT"):  # a new connection's, such as the one sending STOP
                     continue
-                self.commands.append(entry["command"].split(" ", 1)[0].upper())
                 self.lines.append(entry["command"])
         client.close()
+
+    @property
+    def commands(self) -> list[str]:
+        """The command names alone, upper-case."""
+        return [line.split(" ", 1)[0].upper() for line in self.lines]
 
     def __enter__(self) -> CommandLog:
         self._thread.start()
