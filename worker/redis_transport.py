@@ -19,15 +19,23 @@ records a delivery, one `ZREM` acknowledges it, and the restore pass finds in th
 both which messages are overdue and what to push back. A message carries its own unique
 delivery tag, so no two members are alike. A restore takes the member out and pushes the
 message back in one script, so two workers restoring at once cannot both push it.
+
+In a worker, acknowledgements are recorded in batches: the tasks' acks come from the event
+loop's thread, where a blocking round trip holds up every call in flight, one per job. They
+are collected for up to `ACK_BATCH_S` and removed with one `ZREM` on the consumer's thread.
+A worker that dies in between leaves those messages in the set; like any message of a worker
+that died, they come back after the visibility timeout, and a delivery of a job that has
+moved on finds nothing to do (`worker.job_store`'s claim).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from time import time
+from time import monotonic, time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -40,6 +48,11 @@ log = logging.getLogger("llmq.broker")
 
 # The sorted set of delivered, unacknowledged messages: member [payload, exchange, routing key], score delivery time.
 UNACKED_KEY = "llmq.unacked"
+
+# How long an acknowledgement may wait to share a ZREM with others: at 350 jobs/s, about 17 of them.
+ACK_BATCH_S = 0.05
+# A scheduled flush lost with the hub's timers (a reconnect resets them) is scheduled again after this.
+STALE_FLUSH_S = 1.0
 
 # KEYS: the unacked set, then the queues to push to. ARGV: the member, the payload to push, LPUSH | RPUSH.
 # Only whoever takes the member out pushes the message back.
@@ -55,6 +68,10 @@ class QoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)
         # The exact member each unacknowledged delivery was recorded under, to remove it by.
         self._members: dict[str, str] = {}
+        # Members acknowledged and not yet removed; appended from any thread, flushed on the hub's.
+        self._acked: list[str] = []
+        self._acked_lock = threading.Lock()
+        self._flush_due_at: float | None = None
 
     def _channel_gone(self) -> bool:
         return self.channel.connection is None or self.channel.closed
@@ -85,8 +102,40 @@ class QoS(kombu_redis.QoS):
 
     def _forget(self, delivery_tag: str) -> None:
         member = self._members.pop(delivery_tag, None)
-        if member is not None:
+        if member is None:
+            return
+        hub = self.channel.connection.hub
+        if hub is None:  # not in a worker's event loop: nothing would flush a batch
             self.channel.held().execute("ZREM", self.unacked_index_key, member)
+            return
+        now = monotonic()
+        with self._acked_lock:
+            self._acked.append(member)
+            if self._flush_due_at is not None and now < self._flush_due_at + STALE_FLUSH_S:
+                return
+            self._flush_due_at = now + ACK_BATCH_S
+        # The hub's timers belong to its thread; call_soon is the one safe way in from another.
+        hub.call_soon(self._schedule_flush, hub)
+
+    def _schedule_flush(self, hub: Any) -> None:
+        hub.call_later(ACK_BATCH_S, self.flush_acks)
+
+    def flush_acks(self) -> None:
+        """Removes every acknowledged member collected so far, in one command."""
+        with self._acked_lock:
+            members, self._acked = self._acked, []
+            self._flush_due_at = None
+        if not members:
+            return
+        try:
+            self.channel.held().execute("ZREM", self.unacked_index_key, *members)
+        except Exception as err:
+            log.warning("could not record %d acknowledgement(s) (%s); those messages return after the "
+                        "visibility timeout and find their jobs done", len(members), type(err).__name__)
+
+    def restore_unacked_once(self, stderr=None):  # type: ignore[no-untyped-def]
+        self.flush_acks()  # the channel is closing: its acknowledged messages must not come back
+        return super().restore_unacked_once(stderr)
 
     def restore_unacked(self, client=None):  # type: ignore[no-untyped-def]
         try:
@@ -173,3 +222,9 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    # The worker's event loop (kombu's hub), once Celery's consumer registers with it.
+    hub: Any = None
+
+    def register_with_event_loop(self, connection, loop):  # type: ignore[no-untyped-def]
+        super().register_with_event_loop(connection, loop)
+        self.hub = loop

@@ -1,13 +1,16 @@
-"""The Redis transport records a delivery in one command and its acknowledgement in one, and restores safely."""
+"""The Redis transport records a delivery in one command and acknowledgements in one (a batch, in a worker), and
+restores safely."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 from kombu import Connection, Consumer, Queue
+from kombu.asynchronous import Hub
 from kombu.message import Message
 
 from devstack.redis_server import RedisServer
@@ -87,6 +90,46 @@ def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: 
     assert log.commands == ["ZREM"]
     assert raw.zcard(UNACKED_KEY) == 0
     assert not raw.exists("unacked", "unacked_index")  # kombu's own two structures are not used
+    raw.close()
+
+
+def test_in_a_worker_acks_wait_for_the_hub_and_share_one_zrem(db_url: str) -> None:
+    """Tasks ack on the event loop's thread; one ZREM on the hub's thread records all of them."""
+    raw = redis.Redis.from_url(db_url, decode_responses=True)
+    hub = Hub()
+    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
+        for n in range(3):
+            queue.put({"n": n})
+        messages = [queue.get(timeout=5) for _ in range(3)]
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        with CommandLog(db_url) as log:
+            acks = threading.Thread(target=lambda: [message.ack() for message in messages])
+            acks.start()
+            acks.join(5)
+            assert raw.zcard(UNACKED_KEY) == 3  # acknowledged, not yet recorded
+            deadline = time.monotonic() + 5
+            while raw.zcard(UNACKED_KEY) and time.monotonic() < deadline:
+                hub.run_once()
+    zrems = [line for line in log.lines if line.upper().startswith("ZREM")]
+    assert len(zrems) == 1 and all(message.delivery_tag in zrems[0] for message in messages)
+    assert raw.zcard(UNACKED_KEY) == 0
+    hub.close()
+    raw.close()
+
+
+def test_acks_still_waiting_are_recorded_when_the_channel_closes(db_url: str) -> None:
+    """A warm shutdown closes the channel before the hub's timer fires: the acks must not be lost with it."""
+    raw = redis.Redis.from_url(db_url, decode_responses=True)
+    hub = Hub()
+    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
+        queue.put({"n": 1})
+        message = queue.get(timeout=5)
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        message.ack()
+        assert raw.zcard(UNACKED_KEY) == 1
+    # The channel is closed; the hub never ran.
+    assert raw.zcard(UNACKED_KEY) == 0
+    hub.close()
     raw.close()
 
 
