@@ -23,9 +23,9 @@ message back in one script, so two workers restoring at once cannot both push it
 In a worker, acknowledgements are recorded in batches: the tasks' acks come from the event
 loop's thread, where a blocking round trip holds up every call in flight, one per job. They
 are collected for up to `ACK_BATCH_S` and removed with one `ZREM` on the consumer's thread.
-A worker that dies in between leaves those messages in the set; like any message of a worker
-that died, they come back after the visibility timeout, and a delivery of a job that has
-moved on finds nothing to do (`worker.job_store`'s claim).
+A worker that dies in between leaves those messages in the set; like those of its calls in
+flight, they come back after the visibility timeout, where the claim (`worker.job_scripts`)
+does nothing for a finished job and lets one delivery of a job run at a time.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ class QoS(kombu_redis.QoS):
         try:
             self.channel.held().execute("ZREM", self.unacked_index_key, *members)
         except Exception as err:
-            log.warning("could not record %d acknowledgement(s) (%s); those messages return after the "
-                        "visibility timeout and find their jobs done", len(members), type(err).__name__)
+            log.warning("could not record %d acknowledgement(s) (%s); those messages come back after the "
+                        "visibility timeout, and a finished job's claim skips them", len(members), type(err).__name__)
 
     def restore_unacked_once(self, stderr=None):  # type: ignore[no-untyped-def]
         self.flush_acks()  # the channel is closing: its acknowledged messages must not come back
