@@ -133,6 +133,29 @@ def test_acks_still_waiting_are_recorded_when_the_channel_closes(db_url: str) ->
     raw.close()
 
 
+def test_acks_that_cannot_be_recorded_are_logged_not_raised(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis gone at flush time must not stop the hub: the messages come back after the visibility timeout."""
+
+    class Unreachable:
+        def execute(self, *args: object) -> None:
+            raise redis.ConnectionError("Redis went away")
+
+    hub = Hub()
+    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
+        queue.put({"n": 1})
+        message = queue.get(timeout=5)
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        message.ack()
+        qos = message.channel.qos
+        held = message.channel.held
+        message.channel.held = Unreachable  # type: ignore[method-assign]
+        with caplog.at_level("WARNING", logger="llmq.broker"):
+            qos.flush_acks()
+        message.channel.held = held  # type: ignore[method-assign]
+    assert "could not record 1 acknowledgement(s) (ConnectionError)" in caplog.text
+    hub.close()
+
+
 def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: str) -> None:
     """A job's priority is its queue; kombu's priority steps would make every BRPOP name four lists per queue."""
     options = celery_config(load_settings(redis_url=db_url))["broker_transport_options"]
