@@ -1,4 +1,5 @@
-"""The worker's pools on real processes: many calls wait on one thread, and a warm shutdown finishes them.
+"""The worker's pools on real processes: many calls wait on one thread, a warm shutdown finishes them, and task
+events and acknowledgements reach Redis in batches.
 
 Each pool gets a stack of its own (Redis db 13 and 14), with a worker of 40 slots.
 """
@@ -22,7 +23,9 @@ import redis
 
 from devstack.redis_server import RedisServer
 from tests.brokers import pending_messages
+from tests.redis_monitor import CommandLog
 from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished
+from worker.redis_transport import UNACKED_KEY
 
 SLOTS = 40
 DB_BY_POOL = {"asyncio": 13, "threads": 14}
@@ -128,3 +131,24 @@ def test_task_events_reach_the_broker_in_batches(pool_stack: Stack, mock_proxy: 
     # Every task's events arrive (what Flower shows), 60 of them in a few messages rather than one each.
     assert len(ours) == count and len(succeeded) == count
     assert publishes <= 15, f"{publishes} publishes for {2 * count} task events"
+
+
+def test_acknowledgements_reach_redis_in_batches(pool_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    """Calls that end together are acknowledged together: a few ZREMs of the unacked set, not one per job."""
+    last = pool_stack.workers[-1].process if pool_stack.workers else None
+    if last is None or last.poll() is not None:  # the warm-shutdown test stops its worker
+        pool_stack.start_worker()
+    count = 30
+    broker_url = pool_stack.env["LLMQ_BROKER_URL"]
+    broker = redis.Redis.from_url(broker_url)
+    mock_proxy.script(model, *[{"kind": "ok", "latency_ms": 300}] * count)
+    with CommandLog(broker_url) as log, pool_stack.client() as client:
+        jobs = [{"request": chat(model, f"a{i}")} for i in range(count)]
+        accepted = client.post("/v1/jobs/batch", json={"jobs": jobs})
+        ids = [item["id"] for item in accepted.json()["jobs"]]
+        assert [wait_finished(client, job_id)["status"] for job_id in ids] == ["succeeded"] * count
+        eventually(lambda: broker.zcard(UNACKED_KEY) == 0, 5, "every acknowledgement recorded")
+    broker.close()
+    removals = [line for line in log.lines if line.upper().startswith("ZREM") and UNACKED_KEY in line]
+    assert sum(line.count("delivery_tag") for line in removals) == count
+    assert len(removals) <= count // 3, f"{len(removals)} ZREMs for {count} acknowledgements"

@@ -14,13 +14,13 @@ from kombu.asynchronous import Hub
 from kombu.message import Message
 
 from devstack.redis_server import RedisServer
+from tests.redis_monitor import CommandLog
 from worker import keys
 from worker.celery_app import REDIS_TRANSPORT, celery_config
 from worker.redis_transport import UNACKED_KEY
 from worker.settings import load_settings
 
 DB = 15
-STOP = "command-log-stop"
 
 
 @pytest.fixture
@@ -31,47 +31,6 @@ def db_url(redis_server: RedisServer) -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
-
-
-class CommandLog:
-    """The commands Redis runs on database DB, from MONITOR, on a thread."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=10)
-        with client.monitor() as monitor:
-            self._ready.set()
-            while True:
-                entry = monitor.next_command()
-                if entry["db"] != DB or entry["client_type"] == "lua":
-                    continue
-                if entry["command"] == f"ECHO {STOP}":
-                    break
-                if entry["command"].startswith("SELECT"):  # a new connection's, such as the one sending STOP
-                    continue
-                self.lines.append(entry["command"])
-        client.close()
-
-    @property
-    def commands(self) -> list[str]:
-        """The command names alone, upper-case."""
-        return [line.split(" ", 1)[0].upper() for line in self.lines]
-
-    def __enter__(self) -> CommandLog:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        # Commands reach MONITOR in the order Redis ran them: once this one is seen, so is everything before.
-        redis.Redis.from_url(self.url).echo(STOP)
-        self._thread.join(10)
-        assert not self._thread.is_alive()
 
 
 def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: str) -> None:
