@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import redis
+from redis.connection import parse_url
 
 STOP = "command-log-stop"
 
@@ -16,7 +17,7 @@ class CommandLog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.db = int(redis.Redis.from_url(url).connection_pool.connection_kwargs.get("db", 0))
+        self.db = int(parse_url(url).get("db", 0))
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -12,17 +12,15 @@ raised.
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
-from vine import promise
+
+from worker.hub_flush import HubFlush
 
 EVENT_BATCH_S = 0.1
 # Events (about 400 bytes each) one message carries at most: three per job, at 1,000 jobs/s, per batch.
 EVENT_BUFFER_LIMIT = 300
-# A scheduled flush lost with the hub's timers (a reconnect resets them) is scheduled again after this.
-STALE_FLUSH_S = 1.0
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -30,9 +28,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._flush_due_at: float | None = None
-        # The hub's ready set holds each callback once: one promise serves every buffered event.
-        self._schedule_flush_promise = promise(self._schedule_flush)
+        self._event_flush = HubFlush(self._flush_events, EVENT_BATCH_S)
 
     # Celery's Events step makes a new dispatcher on every (re)connect and sets it here.
     @property
@@ -46,20 +42,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._event_dispatcher = dispatcher
 
     def on_send_event_buffered(self) -> None:
-        # Called on whichever thread sent the event; only call_soon is safe to use across threads.
+        # Called on whichever thread sent the event.
         if self.hub:
-            self.hub.call_soon(self._schedule_flush_promise)
-
-    def _schedule_flush(self) -> None:
-        now = time.monotonic()
-        if self._flush_due_at is not None and now < self._flush_due_at + STALE_FLUSH_S:
-            return
-        self._flush_due_at = now + EVENT_BATCH_S
-        self.hub.call_later(EVENT_BATCH_S, self._flush_batch)
-
-    def _flush_batch(self) -> None:
-        self._flush_due_at = None
-        self._flush_events()
+            self._event_flush.request(self.hub)
 
     def shutdown(self) -> None:
         # What is still buffered (the last tasks of a warm shutdown) goes out before the dispatcher closes.

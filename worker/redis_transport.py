@@ -35,7 +35,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from time import monotonic, time
+from time import time
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -43,6 +43,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from worker.held_connection import HeldConnections
+from worker.hub_flush import HubFlush
 
 log = logging.getLogger("llmq.broker")
 
@@ -51,8 +52,6 @@ UNACKED_KEY = "llmq.unacked"
 
 # How long an acknowledgement may wait to share a ZREM with others: at 350 jobs/s, about 17 of them.
 ACK_BATCH_S = 0.05
-# A scheduled flush lost with the hub's timers (a reconnect resets them) is scheduled again after this.
-STALE_FLUSH_S = 1.0
 
 # KEYS: the unacked set, then the queues to push to. ARGV: the member, the payload to push, LPUSH | RPUSH.
 # Only whoever takes the member out pushes the message back.
@@ -71,7 +70,7 @@ class QoS(kombu_redis.QoS):
         # Members acknowledged and not yet removed; appended from any thread, flushed on the hub's.
         self._acked: list[str] = []
         self._acked_lock = threading.Lock()
-        self._flush_due_at: float | None = None
+        self._ack_flush = HubFlush(self.flush_acks, ACK_BATCH_S)
 
     def _channel_gone(self) -> bool:
         return self.channel.connection is None or self.channel.closed
@@ -108,23 +107,14 @@ class QoS(kombu_redis.QoS):
         if hub is None:  # not in a worker's event loop: nothing would flush a batch
             self.channel.held().execute("ZREM", self.unacked_index_key, member)
             return
-        now = monotonic()
         with self._acked_lock:
             self._acked.append(member)
-            if self._flush_due_at is not None and now < self._flush_due_at + STALE_FLUSH_S:
-                return
-            self._flush_due_at = now + ACK_BATCH_S
-        # The hub's timers belong to its thread; call_soon is the one safe way in from another.
-        hub.call_soon(self._schedule_flush, hub)
-
-    def _schedule_flush(self, hub: Any) -> None:
-        hub.call_later(ACK_BATCH_S, self.flush_acks)
+        self._ack_flush.request(hub)
 
     def flush_acks(self) -> None:
         """Removes every acknowledged member collected so far, in one command."""
         with self._acked_lock:
             members, self._acked = self._acked, []
-            self._flush_due_at = None
         if not members:
             return
         try:

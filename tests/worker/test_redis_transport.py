@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -52,67 +53,55 @@ def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: 
     raw.close()
 
 
+@contextmanager
+def delivered_in_a_worker(url: str, count: int = 1) -> Iterator[tuple[list[Message], Hub]]:
+    """Messages taken off a queue by a consumer registered with kombu's hub, as Celery's worker registers it."""
+    hub = Hub()
+    with Connection(url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
+        for n in range(count):
+            queue.put({"n": n})
+        messages = [queue.get(timeout=5) for _ in range(count)]
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        yield messages, hub
+    hub.close()
+
+
 def test_in_a_worker_acks_wait_for_the_hub_and_share_one_zrem(db_url: str) -> None:
     """Tasks ack on the event loop's thread; one ZREM on the hub's thread records all of them."""
     raw = redis.Redis.from_url(db_url, decode_responses=True)
-    hub = Hub()
-    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
-        for n in range(3):
-            queue.put({"n": n})
-        messages = [queue.get(timeout=5) for _ in range(3)]
-        conn.transport.register_with_event_loop(conn.connection, hub)
-        with CommandLog(db_url) as log:
-            acks = threading.Thread(target=lambda: [message.ack() for message in messages])
-            acks.start()
-            acks.join(5)
-            assert raw.zcard(UNACKED_KEY) == 3  # acknowledged, not yet recorded
-            deadline = time.monotonic() + 5
-            while raw.zcard(UNACKED_KEY) and time.monotonic() < deadline:
-                hub.run_once()
+    with delivered_in_a_worker(db_url, count=3) as (messages, hub), CommandLog(db_url) as log:
+        acks = threading.Thread(target=lambda: [message.ack() for message in messages])
+        acks.start()
+        acks.join(5)
+        assert raw.zcard(UNACKED_KEY) == 3  # acknowledged, not yet recorded
+        deadline = time.monotonic() + 5
+        while raw.zcard(UNACKED_KEY) and time.monotonic() < deadline:
+            hub.run_once()
     zrems = [line for line in log.lines if line.upper().startswith("ZREM")]
     assert len(zrems) == 1 and all(message.delivery_tag in zrems[0] for message in messages)
     assert raw.zcard(UNACKED_KEY) == 0
-    hub.close()
     raw.close()
 
 
 def test_acks_still_waiting_are_recorded_when_the_channel_closes(db_url: str) -> None:
     """A warm shutdown closes the channel before the hub's timer fires: the acks must not be lost with it."""
     raw = redis.Redis.from_url(db_url, decode_responses=True)
-    hub = Hub()
-    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
-        queue.put({"n": 1})
-        message = queue.get(timeout=5)
-        conn.transport.register_with_event_loop(conn.connection, hub)
+    with delivered_in_a_worker(db_url) as ([message], _):
         message.ack()
         assert raw.zcard(UNACKED_KEY) == 1
     # The channel is closed; the hub never ran.
     assert raw.zcard(UNACKED_KEY) == 0
-    hub.close()
     raw.close()
 
 
-def test_acks_that_cannot_be_recorded_are_logged_not_raised(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_acks_that_cannot_be_recorded_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     """Redis gone at flush time must not stop the hub: the messages come back after the visibility timeout."""
-
-    class Unreachable:
-        def execute(self, *args: object) -> None:
-            raise redis.ConnectionError("Redis went away")
-
-    hub = Hub()
-    with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
-        queue.put({"n": 1})
-        message = queue.get(timeout=5)
-        conn.transport.register_with_event_loop(conn.connection, hub)
+    with RedisServer(appendonly=False) as server, caplog.at_level("WARNING", logger="llmq.broker"), \
+            delivered_in_a_worker(server.url) as ([message], _):
         message.ack()
-        qos = message.channel.qos
-        held = message.channel.held
-        message.channel.held = Unreachable  # type: ignore[method-assign]
-        with caplog.at_level("WARNING", logger="llmq.broker"):
-            qos.flush_acks()
-        message.channel.held = held  # type: ignore[method-assign]
-    assert "could not record 1 acknowledgement(s) (ConnectionError)" in caplog.text
-    hub.close()
+        server.stop()
+        message.channel.qos.flush_acks()
+        assert "could not record 1 acknowledgement(s) (ConnectionError)" in caplog.text
 
 
 def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: str) -> None:
