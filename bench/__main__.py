@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", default="500,1500", help="mock latencies, comma separated (default 500,1500)")
     parser.add_argument("--concurrency", type=int, default=200, help="worker slots and client concurrency")
     parser.add_argument("--typical-jobs", type=int, default=200, help="cap on jobs for the typical Celery run (c)")
-    parser.add_argument("--posts", type=int, default=3000, help="single POSTs (and GET /healthz) for (d)")
+    parser.add_argument("--posts", type=int, default=6000, help="single POSTs (and GET /healthz) per round of (d)")
     parser.add_argument("--batches", type=int, default=10, help="1000-job batch requests for (d)")
     parser.add_argument("--idle-jobs", type=int, default=200, help="jobs submitted one at a time for (e)")
     parser.add_argument("--memory-calls", type=int, default=1000, help="calls held in flight at once for (f) (0: skip)")
