@@ -6,8 +6,9 @@ optionally server_pid, whose CPU time is then reported too, and phases: a list o
 the other in this process (each with its own connections), reported one by one under "phases".
 
 `raw` is what wrk and h2load are to C servers: one keep-alive HTTP/1.1 connection per lane, the request encoded
-once, the answer read by its Content-Length. A few microseconds per request, where aiohttp's client spends
-about a hundred: on a two-core machine, a general-purpose client takes most of the core the server would use.
+once, the answer read by its Content-Length; plain http only. About 30 µs of CPU per request, where aiohttp's
+client spends about 130: on a two-core machine, a general-purpose client takes most of the core the server
+would use.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class UpstreamClient:
         size = min(CONNECTIONS_PER_POOL, settings.worker_concurrency)
         count = -(-settings.worker_concurrency // size)
         limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
-        # One TLS context for every pool: each client would otherwise load the CA bundle again
+        # One TLS context for every pool: each would otherwise load the CA bundle again
         # (13 pools: half a second of start-up and 10 MB).
         tls = httpx2.create_ssl_context()
         # Socket I/O on the loop's own transports rather than anyio's streams: 16 % less worker CPU per job.
