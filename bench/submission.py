@@ -29,8 +29,7 @@ def _load(stack: BenchStack, method: str, path: str, body: str | None, n: int, c
                           "headers": HEADERS, "body": body, "n": n, "concurrency": concurrency,
                           "ok_status": [ok], "server_pid": stack.api.pid}, timeout_s=600)
     _check(result, f"{method} {path}")
-    result["server_cpu_util"] = result["server_cpu_s"] / result["elapsed_s"]
-    return result
+    return _combined([result])
 
 
 def _check(result: dict[str, Any], what: str) -> None:
@@ -40,7 +39,7 @@ def _check(result: dict[str, Any], what: str) -> None:
 
 
 def _combined(phases: list[dict[str, Any]]) -> dict[str, Any]:
-    """The slices of one kind of request in a round as one load: their requests over their summed time."""
+    """Loads of one kind (a round's slices, or a single load) as one: their requests over their summed time."""
     elapsed = sum(p["elapsed_s"] for p in phases)
     ok = sum(p["ok"] for p in phases)
     return {"rate": ok / elapsed, "elapsed_s": elapsed,

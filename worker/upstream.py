@@ -143,9 +143,9 @@ class UpstreamClient:
         url = self._urls.get(base_url)
         if url is None:
             url = self._urls[base_url] = httpx2.URL(f"{base_url}/chat/completions")
+        request = httpx2.Request("POST", url, headers=headers, content=body, extensions={"timeout": self._timeout})
         pool = min(self._pools, key=lambda p: p.in_flight)
         pool.in_flight += 1
-        request = httpx2.Request("POST", url, headers=headers, content=body, extensions={"timeout": self._timeout})
         try:
             resp = await pool.transport.handle_async_request(request)
             try:
