@@ -3,7 +3,7 @@
 #
 #   docker build -t llmq:latest .
 #   docker run --env-file .env -p 8000:8000 llmq:latest                          # API
-#   docker run --env-file .env llmq:latest celery -A worker.celery_app worker \
+#   docker run --env-file .env llmq:latest celery -A llmq.worker.celery_app worker \
 #       -Q llmq.webhooks,llmq.high,llmq.normal,llmq.low                           # worker
 #
 # docker-compose.yml, ops/k8s/ and docs/operations.md show the exact commands and health checks.
@@ -24,6 +24,7 @@ COPY worker ./worker
 COPY mockproxy ./mockproxy
 COPY devstack ./devstack
 COPY cli ./cli
+COPY bench ./bench
 RUN pip wheel --wheel-dir /wheels .
 
 # --- runtime
@@ -45,5 +46,5 @@ USER 10001:10001
 EXPOSE 8000 5555 9808
 
 # No HEALTHCHECK: the right check depends on the role; docker-compose.yml and the k8s manifests define them.
-CMD ["uvicorn", "--factory", "api.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", \
+CMD ["uvicorn", "--factory", "llmq.api.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", \
      "--no-access-log", "--timeout-graceful-shutdown", "30"]

@@ -18,11 +18,14 @@ test: $(STAMP)  ## the test-suite, on real Redis, workers and HTTP servers
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)  ## the performance benchmark: prints its table (BENCH_ARGS=--quick for a short run)
-	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+	$(VENV)/bin/python -m llmq.bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy api worker devstack cli mockproxy
+	@# mypy cannot follow the package-dir mapping, so it reads the folders through a tree of links named as installed.
+	@rm -rf .typecheck && mkdir -p .typecheck/llmq
+	@for d in api worker cli mockproxy devstack bench; do ln -s ../../$$d .typecheck/llmq/$$d; done
+	MYPYPATH=.typecheck $(VENV)/bin/mypy --namespace-packages --explicit-package-bases -p llmq
 
 clean:
-	rm -rf $(VENV) .llmq
+	rm -rf $(VENV) .llmq .typecheck

@@ -10,11 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from api.errors import ApiError
-from api.job_store import AsyncJobStore
-from worker.key_vault import KeyVault, app_id_of
-from worker.platform_key import check_composite_key
-from worker.settings import Settings
+from llmq.api.errors import ApiError
+from llmq.api.job_store import AsyncJobStore
+from llmq.worker.secrets.key_vault import KeyVault, app_id_of
+from llmq.worker.secrets.platform_key import check_composite_key
+from llmq.worker.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-from api.errors import ApiError
+from llmq.api.errors import ApiError
 
 Model = TypeVar("Model", bound=BaseModel)
 Resolver = Callable[[Request], Awaitable[dict[str, Any]]]

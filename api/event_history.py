@@ -1,7 +1,7 @@
 """A job's event history: the events its record tells, then those its stream holds.
 
 Workers write a job's event stream only once somebody follows the job (see
-`worker.job_scripts`): the record alone tells what came before, since it keeps every
+`llmq.worker.jobs.scripts`): the record alone tells what came before, since it keeps every
 attempt with its start, outcome and retry delay. Told events get the ids `0-1`, `0-2`, ...
 below any id Redis gives, so `Last-Event-ID` resumes across both parts, and they are the
 same on every read: the watch point stored with the record says how many of them there are.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.jobs import TERMINAL, parse_json_lines, state_change
+from llmq.worker.jobs.record import TERMINAL, parse_json_lines, state_change
 
 TOLD_ID_MAJOR = "0"
 

@@ -9,9 +9,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from api.group_commit import GroupCommit
-from worker import job_scripts, keys
-from worker.jobs import TERMINAL, UNFINISHED, NewJob, is_terminal_event, state_event
+from llmq.api.group_commit import GroupCommit
+from llmq.worker import redis_keys
+from llmq.worker.jobs import scripts as job_scripts
+from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, state_event
 
 SUBMIT_CHUNK = 100
 
@@ -63,13 +64,13 @@ class AsyncJobStore:
         args: list[str | int] = [self.ttl_s]
         for submission in submissions:
             job = submission.job
-            idem = keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
+            idem = redis_keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.fields
-            keys_ += [keys.job(job.id), idem, submission.queue or ""]
+            keys_ += [redis_keys.job(job.id), idem, submission.queue or ""]
             args += [len(fields), repr(job.created_at), job.id, submission.message]
             for pair in fields.items():
                 args += pair
-        keys_.append(keys.ACTIVE_JOBS)
+        keys_.append(redis_keys.ACTIVE_JOBS)
         return {"keys": keys_, "args": args}
 
     async def forget(self, submissions: list[Submission]) -> None:
@@ -77,19 +78,19 @@ class AsyncJobStore:
         pipe = self.redis.pipeline(transaction=True)
         for submission in submissions:
             job = submission.job
-            pipe.delete(keys.job(job.id))
-            pipe.zrem(keys.ACTIVE_JOBS, job.id)
+            pipe.delete(redis_keys.job(job.id))
+            pipe.zrem(redis_keys.ACTIVE_JOBS, job.id)
             if submission.idempotency_key:
-                pipe.delete(keys.idempotency(job.owner, submission.idempotency_key))
+                pipe.delete(redis_keys.idempotency(job.owner, submission.idempotency_key))
         await pipe.execute()
 
     async def fields(self, job_id: str) -> dict[str, str]:
-        return cast(dict[str, str], await self.redis.hgetall(keys.job(job_id)))
+        return cast(dict[str, str], await self.redis.hgetall(redis_keys.job(job_id)))
 
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         now = time.time()
         reply = await self._transition(
-            keys=[keys.job(job_id), keys.job_events(job_id), keys.ACTIVE_JOBS],
+            keys=[redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS],
             args=["cancelled", "," + ",".join(UNFINISHED) + ",", repr(now), state_event("cancelled", now),
                   "", "1", job_id, self.ttl_s],
         )
@@ -98,7 +99,7 @@ class AsyncJobStore:
     async def reopen_callback(self, job_id: str) -> bool:
         """A failed (or gone) delivery starts over from its first attempt."""
         previous = await self._update_callback(
-            keys=[keys.job(job_id)],
+            keys=[redis_keys.job(job_id)],
             args=[",failed,gone,", "", "callback_status", "pending", "callback_attempts", "0", "callback_next_at", "0",
                   "callback_lease_until", "0"],
         )
@@ -108,7 +109,7 @@ class AsyncJobStore:
         """The record and the id of its stream's last event, read together so no change slips between them.
 
         An unfinished job of `owner` is followed from here on: its workers write every event to the stream."""
-        flat, last_id = await self._watch(keys=[keys.job(job_id), keys.job_events(job_id)], args=[owner])
+        flat, last_id = await self._watch(keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)], args=[owner])
         return dict(zip(flat[::2], flat[1::2], strict=True)), last_id
 
     async def wait_until_finished(
@@ -135,12 +136,12 @@ class AsyncJobStore:
     ) -> list[tuple[str, dict[str, Any]]]:
         """Events after `after_id`, waiting up to `block_ms` for the first one."""
         reply = cast(
-            StreamReply, await self.blocking.xread({keys.job_events(job_id): after_id}, block=block_ms, count=500)
+            StreamReply, await self.blocking.xread({redis_keys.job_events(job_id): after_id}, block=block_ms, count=500)
         )
         return [(event_id, json.loads(entry["e"])) for event_id, entry in reply[0][1]] if reply else []
 
     async def history(self, job_id: str, after_id: str = "-") -> list[tuple[str, dict[str, Any]]]:
         start = after_id if after_id == "-" else f"({after_id}"
-        entries = cast(StreamEntries, await self.redis.xrange(keys.job_events(job_id), min=start, max="+"))
+        entries = cast(StreamEntries, await self.redis.xrange(redis_keys.job_events(job_id), min=start, max="+"))
         return [(event_id, json.loads(entry["e"])) for event_id, entry in entries]
 

@@ -9,16 +9,16 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from api import redis_client
-from api.body_limit import BodyLimitMiddleware
-from api.errors import install_error_handlers
-from api.job_store import AsyncJobStore
-from api.routes import batch, events, health, jobs, metrics
-from worker.celery_app import app as celery_app
-from worker.heap import freeze_startup_objects
-from worker.key_vault import vault_for
-from worker.logs import configure_logging
-from worker.settings import Settings, get_settings
+from llmq.api import redis_client
+from llmq.api.body_limit import BodyLimitMiddleware
+from llmq.api.errors import install_error_handlers
+from llmq.api.job_store import AsyncJobStore
+from llmq.api.routes import batch, events, health, jobs, metrics
+from llmq.worker.celery_app import app as celery_app
+from llmq.worker.observability.logs import configure_logging
+from llmq.worker.runtime.gc_tuning import freeze_startup_objects
+from llmq.worker.secrets.key_vault import vault_for
+from llmq.worker.settings import Settings, get_settings
 
 BROKER_CHECK_TIMEOUT_S = 2.0
 
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """Entry point for `uvicorn --factory api.main:app_from_env`."""
+    """Entry point for `uvicorn --factory llmq.api.main:app_from_env`."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     return create_app(settings)

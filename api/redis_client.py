@@ -14,7 +14,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
-from worker.settings import Settings
+from llmq.worker.settings import Settings
 
 
 class HiredisPackingConnection(aioredis.Connection):

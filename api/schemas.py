@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.job_view import AttemptPublic, DeliveryPublic, JobError, JobPublic
+from llmq.worker.jobs.view import AttemptPublic, DeliveryPublic, JobError, JobPublic
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 

@@ -10,20 +10,20 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, caller_of
-from api.direct_route import json_body, require_json
-from api.errors import ApiError
-from api.job_store import AsyncJobStore, Submission
-from api.schemas import JobCreate
-from worker import keys
-from worker.broker_message import call_proxy_message
-from worker.callback_guard import CallbackRefused, resolve_and_check
-from worker.celery_app import app as celery_app
-from worker.jobs import NewJob, new_job_id
-from worker.key_vault import KeyVault
-from worker.settings import Settings
-from worker.tasks import enqueue_many
-from worker.webhooks import check_secret
+from llmq.api.deps import Caller, caller_of
+from llmq.api.direct_route import json_body, require_json
+from llmq.api.errors import ApiError
+from llmq.api.job_store import AsyncJobStore, Submission
+from llmq.api.schemas import JobCreate
+from llmq.worker import redis_keys
+from llmq.worker.celery_app import app as celery_app
+from llmq.worker.jobs.record import NewJob, new_job_id
+from llmq.worker.runtime.broker_message import call_proxy_message
+from llmq.worker.secrets.key_vault import KeyVault
+from llmq.worker.settings import Settings
+from llmq.worker.tasks import enqueue_many
+from llmq.worker.webhooks.callback import check_secret
+from llmq.worker.webhooks.callback_guard import CallbackRefused, resolve_and_check
 
 
 async def submission_arguments(request: Request, body_model: type[BaseModel]) -> dict[str, Any]:
@@ -107,7 +107,7 @@ async def record_and_queue(
     With the broker on the job Redis, one script does both, atomically. Otherwise the jobs are recorded,
     then published through Celery; if that fails they are forgotten and the caller gets 503."""
     if settings.effective_broker_url == settings.redis_url:
-        queues = [keys.QUEUE_BY_PRIORITY[job.priority] for job, _ in jobs]
+        queues = [redis_keys.QUEUE_BY_PRIORITY[job.priority] for job, _ in jobs]
         submissions = [
             Submission(job, idem, queue=queue, message=call_proxy_message(celery_app, job.id, job.model, queue))
             for (job, idem), queue in zip(jobs, queues, strict=True)
@@ -121,7 +121,7 @@ async def record_and_queue(
     try:
         if fresh:
             await run_in_threadpool(
-                enqueue_many, [(s.job.id, s.job.model, keys.QUEUE_BY_PRIORITY[s.job.priority]) for s in fresh]
+                enqueue_many, [(s.job.id, s.job.model, redis_keys.QUEUE_BY_PRIORITY[s.job.priority]) for s in fresh]
             )
     except Exception as err:
         await store.forget(fresh)

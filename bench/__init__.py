@@ -1,1 +1,1 @@
-"""Benchmarks of llmq against the direct-client ceiling and a textbook Celery setup (`python -m bench`)."""
+"""Benchmarks of llmq against the direct-client ceiling and a textbook Celery setup (`python -m llmq.bench`)."""

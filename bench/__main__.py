@@ -1,4 +1,4 @@
-"""`python -m bench`: llmq against the direct-client ceiling and a textbook Celery setup, measured in one run.
+"""`python -m llmq.bench`: llmq against the direct-client ceiling and a textbook Celery setup, measured in one run.
 
 Prints one table per latency and one for submission and the idle worker; writes the figures to
 bench/results/latest.json. Every process runs on loopback with a private Redis and is stopped at the end.
@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.breakdown import run_breakdown
-from bench.ceiling import run_ceiling
-from bench.end_to_end import run_end_to_end, run_idle_delay
-from bench.memory import run_memory
-from bench.report import (
+from llmq.bench.breakdown import run_breakdown
+from llmq.bench.ceiling import run_ceiling
+from llmq.bench.end_to_end import run_end_to_end, run_idle_delay
+from llmq.bench.memory import run_memory
+from llmq.bench.report import (
     machine,
     print_breakdown,
     print_common,
@@ -27,13 +27,14 @@ from bench.report import (
     print_memory,
     write_json,
 )
-from bench.stack import LOG_DIR, RESULTS_DIR, BenchStack
-from bench.submission import run_submission
-from bench.typical import run_typical
+from llmq.bench.stack import LOG_DIR, RESULTS_DIR, BenchStack
+from llmq.bench.submission import run_submission
+from llmq.bench.typical import run_typical
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else "")
+    summary = __doc__.splitlines()[0] if __doc__ else ""
+    parser = argparse.ArgumentParser(prog="python -m llmq.bench", description=summary)
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per latency for (a) and (b) (default 5000)")
     parser.add_argument("--latency-ms", default="500,1500", help="mock latencies, comma separated (default 500,1500)")
     parser.add_argument("--concurrency", type=int, default=200, help="worker slots and client concurrency")

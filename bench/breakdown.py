@@ -15,9 +15,9 @@ from typing import Any
 import psutil
 import redis
 
-from bench.end_to_end import Drain, api_client, submit_batches
-from bench.stack import BenchStack
-from worker import job_scripts
+from llmq.bench.end_to_end import Drain, api_client, submit_batches
+from llmq.bench.stack import BenchStack
+from llmq.worker.jobs import scripts as job_scripts
 
 SCRIPT_NAMES = {
     hashlib.sha1(text.encode()).hexdigest(): name

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench import loadgen
-from bench.jobs import chat_request
-from bench.stack import BENCH_KEY
+from llmq.bench import loadgen
+from llmq.bench.jobs import chat_request
+from llmq.bench.stack import BENCH_KEY
 
 CLIENTS = ("aiohttp", "httpx2")
 

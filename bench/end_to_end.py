@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx2
 
-from bench.jobs import JobTimes, job_body, peak_in_flight, read_times, rss_at_full_load
-from bench.measure import CommandStats, RssSampler, cpu_seconds, percentile, rss_bytes, wait_for
-from bench.stack import BENCH_KEY, BenchStack
-from worker import keys
-from worker.redis_transport import UNACKED_KEY
+from llmq.bench.jobs import JobTimes, job_body, peak_in_flight, read_times, rss_at_full_load
+from llmq.bench.measure import CommandStats, RssSampler, cpu_seconds, percentile, rss_bytes, wait_for
+from llmq.bench.stack import BENCH_KEY, BenchStack
+from llmq.worker import redis_keys
+from llmq.worker.runtime.redis_transport import UNACKED_KEY
 
 BATCH_SIZE = 1000  # the API's limit per batch request
 WARM_UP_JOBS = 20
@@ -46,7 +46,7 @@ class Drain:
 
     def done(self) -> bool:
         self.own["zcard"] += 1
-        if self.redis.zcard(keys.ACTIVE_JOBS):
+        if self.redis.zcard(redis_keys.ACTIVE_JOBS):
             return False
         self.own["zcard"] += 1
         return not self.redis.zcard(UNACKED_KEY)

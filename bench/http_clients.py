@@ -1,6 +1,6 @@
 """HTTP clients against a loopback mock answering in 0.5 s: 1,000 calls, 200 at a time (ceiling 400 calls/s).
 
-`python -m bench.http_clients [--calls 1000] [--concurrency 200] [--latency-ms 500]`
+`python -m llmq.bench.http_clients [--calls 1000] [--concurrency 200] [--latency-ms 500]`
 
 Each client runs in a fresh process of its own, one after the other, against the same mock. httpx rows
 appear only when httpx is installed; "default" rows use each library's default pool limits, the others
@@ -24,10 +24,10 @@ from typing import Any
 
 import psutil
 
-from bench.jobs import chat_request
-from bench.stack import BENCH_KEY, LOG_DIR, ROOT
-from devstack.processes import mock_process
-from devstack.redis_server import free_port
+from llmq.bench.jobs import chat_request
+from llmq.bench.stack import BENCH_KEY, LOG_DIR, ROOT
+from llmq.devstack.processes import mock_process
+from llmq.devstack.redis_server import free_port
 
 HEADERS = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
 BODY = json.dumps(chat_request(0)).encode()
@@ -118,7 +118,7 @@ def client_names() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.http_clients", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llmq.bench.http_clients", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--latency-ms", type=int, default=500)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}/openai-compatible/v1/chat/completions"
         print(f"  {'client':<36}{'calls/s':>9}{'CPU s':>8}")
         for name in client_names():
-            child = [sys.executable, "-m", "bench.http_clients", "--one", name, "--url", url,
+            child = [sys.executable, "-m", "llmq.bench.http_clients", "--one", name, "--url", url,
                      "--calls", str(args.calls), "--concurrency", str(args.concurrency)]
             done = subprocess.run(child, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
             if done.returncode != 0:

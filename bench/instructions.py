@@ -1,4 +1,4 @@
-"""`python -m bench.instructions`: the worker's and the API's work in instructions, this tree against a baseline.
+"""`python -m llmq.bench.instructions`: the worker's and the API's work in instructions, this tree against a baseline.
 
 On a shared or virtual machine the speed of the same code drifts by a third within the hour, which hides
 changes of a few per cent in seconds and jobs/s. Valgrind's callgrind counts the instructions a process
@@ -11,7 +11,7 @@ a private Redis and the mock proxy, and prints per tree:
 
 for the baseline (a git ref, checked out into a temporary worktree) and for this tree, with this / baseline.
 The counts leave out the kernel (system calls) and waiting, so they measure the Python-level work, not the
-rates `python -m bench` reports. The baseline runs with this tree's virtualenv.
+rates `python -m llmq.bench` reports. The baseline runs with this tree's virtualenv.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen
-from bench.end_to_end import Drain, api_client, submit_batches, warm_up
-from bench.jobs import job_body
-from bench.stack import RESULTS_DIR, ROOT, BenchStack
-from bench.submission import HEADERS
-from devstack.processes import ManagedProcess, api_process, worker_process
-from devstack.redis_server import free_port
+from llmq.bench import loadgen
+from llmq.bench.end_to_end import Drain, api_client, submit_batches, warm_up
+from llmq.bench.jobs import job_body
+from llmq.bench.stack import RESULTS_DIR, ROOT, BenchStack
+from llmq.bench.submission import HEADERS
+from llmq.devstack.processes import ManagedProcess, api_process, worker_process
+from llmq.devstack.redis_server import free_port
 
 START_TIMEOUT_S = 300  # a Python process starts about ten times slower under valgrind
 LOAD_CONNECTIONS = 16
@@ -144,7 +144,7 @@ def print_table(baseline_ref: str, baseline: dict[str, Any], current: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llmq.bench.instructions", description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="HEAD", help="git ref to compare this tree with (default HEAD)")
     parser.add_argument("--jobs", type=int, default=400, help="jobs for the worker's count (default 400)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint for the API's count")

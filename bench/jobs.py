@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from worker import keys
+from llmq.worker import redis_keys
 
 MODEL = "bench-model"
 
@@ -40,7 +40,7 @@ def read_times(client: redis.Redis, ids: list[str], chunk: int = 1000) -> list[J
     for offset in range(0, len(ids), chunk):
         pipe = client.pipeline(transaction=False)
         for job_id in ids[offset:offset + chunk]:
-            pipe.hmget(keys.job(job_id), "status", "created_at", "attempts", "finished_at")
+            pipe.hmget(redis_keys.job(job_id), "status", "created_at", "attempts", "finished_at")
         for status, created, attempts, finished in pipe.execute():
             if not attempts:
                 found.append(JobTimes(status or "missing", float(created or 0), 0.0, 0.0, float(finished or 0)))

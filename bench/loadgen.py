@@ -1,6 +1,6 @@
 """An HTTP load generator meant to run in its own process, so its CPU never hides inside the server's figures.
 
-`python -m bench.loadgen '<json spec>'` prints one JSON line: counts, elapsed time, rate and its own CPU use.
+`python -m llmq.bench.loadgen '<json spec>'` prints one JSON line: counts, elapsed time, rate and its own CPU use.
 Spec: client (raw | aiohttp | httpx2), method, url, headers, body (text or null), n, concurrency, ok_status;
 optionally server_pid, whose CPU time is then reported too, and phases: a list of partial specs run one after
 the other in this process (each with its own connections), reported one by one under "phases".
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from bench.measure import percentile
+from llmq.bench.measure import percentile
 
 Send = Callable[[], Awaitable[int]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> None:
 
 def run(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Run one load in a fresh process; its JSON result."""
-    done = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "llmq.bench.loadgen", json.dumps(spec)], capture_output=True,
                           text=True, cwd=ROOT, timeout=timeout_s, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.end_to_end import run_end_to_end
-from bench.stack import BenchStack
+from llmq.bench.end_to_end import run_end_to_end
+from llmq.bench.stack import BenchStack
 
 MEMORY_LATENCY_MS = 10_000
 POOLS = ("asyncio", "threads")

@@ -37,7 +37,7 @@ def _version(package: str) -> str:
 
 
 def _redis_server_version() -> str:
-    from devstack.redis_server import redis_binary
+    from llmq.devstack.redis_server import redis_binary
 
     try:
         out = subprocess.run([redis_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import redis
 
-from devstack.processes import ManagedProcess, api_process, mock_process, worker_process
-from devstack.redis_server import RedisServer, free_port
+from llmq.devstack.processes import ManagedProcess, api_process, mock_process, worker_process
+from llmq.devstack.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from cli import __version__, batch, doctor, jobs, submit, watch
-from cli.context import Context
-from cli.errors import EXIT_CODES_HELP, CliError, ExitCode
-from cli.keys import resolve_key, secrets_of
-from cli.output import Output
+from llmq.cli import __version__, batch, doctor, jobs, submit, watch
+from llmq.cli.context import Context
+from llmq.cli.errors import EXIT_CODES_HELP, CliError, ExitCode
+from llmq.cli.keys import resolve_key, secrets_of
+from llmq.cli.output import Output
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 30.0

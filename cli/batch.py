@@ -18,9 +18,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cli.context import Context
-from cli.errors import TERMINAL, ApiError, CliError, ExitCode
-from cli.submit import parse_pairs
+from llmq.cli.context import Context
+from llmq.cli.errors import TERMINAL, ApiError, CliError, ExitCode
+from llmq.cli.submit import parse_pairs
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from cli import __version__
-from cli.errors import TERMINAL, ApiError, CliError, ExitCode
-from cli.network import describe
+from llmq.cli import __version__
+from llmq.cli.errors import TERMINAL, ApiError, CliError, ExitCode
+from llmq.cli.network import describe
 
 MAX_WAIT_S = 60  # the API's longest ?wait
 RETRY_STATUSES = frozenset({502, 503, 504})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cli.client import ApiClient
-from cli.errors import CliError, ExitCode
-from cli.keys import KEY_HELP, KeyChoice
-from cli.output import Output
+from llmq.cli.client import ApiClient
+from llmq.cli.errors import CliError, ExitCode
+from llmq.cli.keys import KEY_HELP, KeyChoice
+from llmq.cli.output import Output
 
 
 @dataclass

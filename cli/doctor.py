@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from cli import __version__
-from cli.client import ApiClient
-from cli.context import Context
-from cli.errors import CliError, ExitCode
-from cli.keys import KEY_FORMAT, KEY_HELP
-from cli.network import describe, resolve, tcp_connect
-from worker.errors import proxy_error_message
+from llmq.cli import __version__
+from llmq.cli.client import ApiClient
+from llmq.cli.context import Context
+from llmq.cli.errors import CliError, ExitCode
+from llmq.cli.keys import KEY_FORMAT, KEY_HELP
+from llmq.cli.network import describe, resolve, tcp_connect
+from llmq.worker.proxy.errors import proxy_error_message
 
 DEFAULT_MODEL = "gemini-1.5-pro"
 BASE_PATH = "/openai-compatible/v1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.context import Context
-from cli.errors import TERMINAL, ExitCode, exit_for_status
+from llmq.cli.context import Context
+from llmq.cli.errors import TERMINAL, ExitCode, exit_for_status
 
 
 def finish_waiting(ctx: Context, job: dict[str, Any]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from worker.platform_key import KEY_FORMAT, key_problem
+from llmq.worker.secrets.platform_key import KEY_FORMAT, key_problem
 
 KEY_HELP = "set LLMQ_KEY=appID:appKey, or TAL_MLOPS_APP_ID and TAL_MLOPS_APP_KEY, or pass --key appID:appKey"
 
@@ -34,7 +34,7 @@ class KeyChoice:
 
 
 def format_problem(key: str) -> str | None:
-    """The service's own rule (worker.platform_key), worded for a terminal."""
+    """The service's own rule (llmq.worker.secrets.platform_key), worded for a terminal."""
     problem = key_problem(key)
     return f"{problem} — it must be {KEY_FORMAT}" if problem else None
 

@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cli.context import Context
-from cli.errors import CliError, ExitCode
-from cli.jobs import finish_waiting
+from llmq.cli.context import Context
+from llmq.cli.errors import CliError, ExitCode
+from llmq.cli.jobs import finish_waiting
 
 
 def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:

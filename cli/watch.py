@@ -7,11 +7,11 @@ import json
 import time
 from typing import Any
 
-from cli.client import ApiClient
-from cli.context import Context
-from cli.errors import TERMINAL, CliError, ExitCode, exit_for_status
-from cli.output import Output
-from cli.sse import frames
+from llmq.cli.client import ApiClient
+from llmq.cli.context import Context
+from llmq.cli.errors import TERMINAL, CliError, ExitCode, exit_for_status
+from llmq.cli.output import Output
+from llmq.cli.sse import frames
 
 # A connection that lasted this long was healthy even without events (the server ends each one
 # after a while and expects a resume); only quick failures count against the reconnect budget.

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from devstack.processes import ManagedProcess, api_process, flower_process, mock_process, worker_process
-from devstack.redis_server import RedisServer, free_port
-from worker.settings import ConfigError, load_settings
+from llmq.devstack.processes import ManagedProcess, api_process, flower_process, mock_process, worker_process
+from llmq.devstack.redis_server import RedisServer, free_port
+from llmq.worker.settings import ConfigError, load_settings
 
 DEMO_KEY = "1234:demo-app-key"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx2
 
-from worker.keys import QUEUES_IN_ORDER
+from llmq.worker.redis_keys import QUEUES_IN_ORDER
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -89,23 +89,23 @@ class ManagedProcess:
 
 
 def api_process(env: dict[str, str], port: int, log_path: Path, host: str = "127.0.0.1") -> ManagedProcess:
-    args = [str(VENV_BIN / "uvicorn"), "--factory", "api.main:app_from_env", "--host", host, "--port", str(port),
+    args = [str(VENV_BIN / "uvicorn"), "--factory", "llmq.api.main:app_from_env", "--host", host, "--port", str(port),
             "--no-access-log", "--timeout-graceful-shutdown", "5"]
     return ManagedProcess("api", args, env, log_path)
 
 
 def worker_process(env: dict[str, str], log_path: Path, name: str = "worker", *extra: str) -> ManagedProcess:
-    args = [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", ",".join(QUEUES_IN_ORDER),
+    args = [str(VENV_BIN / "celery"), "-A", "llmq.worker.celery_app", "worker", "-Q", ",".join(QUEUES_IN_ORDER),
             "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "INFO", *extra]
     return ManagedProcess(name, args, env, log_path)
 
 
 def mock_process(env: dict[str, str], port: int, log_path: Path, *extra: str) -> ManagedProcess:
-    args = [sys.executable, "-m", "mockproxy", "--host", "127.0.0.1", "--port", str(port), *extra]
+    args = [sys.executable, "-m", "llmq.mockproxy", "--host", "127.0.0.1", "--port", str(port), *extra]
     return ManagedProcess("mock-proxy", args, env, log_path)
 
 
 def flower_process(env: dict[str, str], port: int, log_path: Path, *extra: str) -> ManagedProcess:
-    args = [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "flower", f"--port={port}", "--address=127.0.0.1",
+    args = [str(VENV_BIN / "celery"), "-A", "llmq.worker.celery_app", "flower", f"--port={port}", "--address=127.0.0.1",
             *extra]
     return ManagedProcess("flower", args, env, log_path)

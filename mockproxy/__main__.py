@@ -1,4 +1,4 @@
-"""Command line: `python -m mockproxy` / `llmq-mock-proxy`."""
+"""Command line: `python -m llmq.mockproxy` / `llmq-mock-proxy`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-from mockproxy.config import ENV_PREFIX, MockConfig, fault_values_from_env, split_list
-from mockproxy.faults import ConfigError, FaultConfig
-from mockproxy.server import run
+from llmq.mockproxy.config import ENV_PREFIX, MockConfig, fault_values_from_env, split_list
+from llmq.mockproxy.faults import ConfigError, FaultConfig
+from llmq.mockproxy.server import run
 
 _HELP = {
     "latency_ms": "sleep this long before answering",

@@ -7,10 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from mockproxy.errors import error_response, json_body_response
-from mockproxy.faults import ConfigError
-from mockproxy.scripts import StepError, parse_step
-from mockproxy.state import STATE_KEY
+from llmq.mockproxy.errors import error_response, json_body_response
+from llmq.mockproxy.faults import ConfigError
+from llmq.mockproxy.scripts import StepError, parse_step
+from llmq.mockproxy.state import STATE_KEY
 
 PREFIX = "/_mock"
 

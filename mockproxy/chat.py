@@ -8,8 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from mockproxy.auth import INVALID_KEY_MESSAGE, authenticate
-from mockproxy.completions import (
+from llmq.mockproxy.auth import INVALID_KEY_MESSAGE, authenticate
+from llmq.mockproxy.completions import (
     ChatRequest,
     RequestError,
     build_answer,
@@ -18,11 +18,11 @@ from mockproxy.completions import (
     parse_request,
     stream_events,
 )
-from mockproxy.connection import abort_connection
-from mockproxy.errors import body_response, error_response, json_body_response, upstream_error
-from mockproxy.faults import OK, Outcome, choose_outcome, latency_seconds
-from mockproxy.scripts import Step
-from mockproxy.state import STATE_KEY, MockState
+from llmq.mockproxy.connection import abort_connection
+from llmq.mockproxy.errors import body_response, error_response, json_body_response, upstream_error
+from llmq.mockproxy.faults import OK, Outcome, choose_outcome, latency_seconds
+from llmq.mockproxy.scripts import Step
+from llmq.mockproxy.state import STATE_KEY, MockState
 
 _GARBAGE_HTML = b"<html>upstream hiccup</html>"
 _GARBAGE_JSON = {"code": 500, "msg": "internal error"}

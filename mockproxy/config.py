@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mockproxy.faults import ConfigError, FaultConfig
+from llmq.mockproxy.faults import ConfigError, FaultConfig
 
 ENV_PREFIX = "LLMQ_MOCK_"
 

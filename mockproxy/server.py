@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from mockproxy.admin import add_admin_routes
-from mockproxy.chat import chat_completions
-from mockproxy.config import MockConfig
-from mockproxy.state import STATE_KEY, MockState
+from llmq.mockproxy.admin import add_admin_routes
+from llmq.mockproxy.chat import chat_completions
+from llmq.mockproxy.config import MockConfig
+from llmq.mockproxy.state import STATE_KEY, MockState
 
 BASE_PATH = "/openai-compatible/v1"
 # Prompts can be large; the real proxy accepts far more than aiohttp's 1 MiB default.

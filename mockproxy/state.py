@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from mockproxy.calls import CallLog
-from mockproxy.config import MockConfig
-from mockproxy.scripts import ScriptBook
-from mockproxy.sleeper import Sleeper
+from llmq.mockproxy.calls import CallLog
+from llmq.mockproxy.config import MockConfig
+from llmq.mockproxy.scripts import ScriptBook
+from llmq.mockproxy.sleeper import Sleeper
 
 
 class MockState:

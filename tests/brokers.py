@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import redis
 
-from worker.keys import QUEUES_IN_ORDER
-from worker.redis_transport import UNACKED_KEY
+from llmq.worker.redis_keys import QUEUES_IN_ORDER
+from llmq.worker.runtime.redis_transport import UNACKED_KEY
 
 BROKERS = ["redis", "amqp"]
 RABBITMQ = "127.0.0.1:5672"

@@ -13,8 +13,8 @@ import pytest
 # stacks it starts get full settings of their own (tests.stack.test_env).
 os.environ.setdefault("LLMQ_DEV_MODE", "1")
 
-from devstack.processes import ManagedProcess, flower_process, mock_process
-from devstack.redis_server import RedisServer, free_port
+from llmq.devstack.processes import ManagedProcess, flower_process, mock_process
+from llmq.devstack.redis_server import RedisServer, free_port
 from tests.brokers import BROKERS, rabbitmq_vhost
 from tests.flower import FLOWER_AUTH
 from tests.stack import MockProxy, Stack

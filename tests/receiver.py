@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from devstack.redis_server import free_port
+from llmq.devstack.redis_server import free_port
 
 
 @dataclass

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 import httpx2
 import redis
 
-from devstack.processes import ManagedProcess, api_process, worker_process
-from devstack.redis_server import free_port
-from worker import keys
+from llmq.devstack.processes import ManagedProcess, api_process, worker_process
+from llmq.devstack.redis_server import free_port
+from llmq.worker import redis_keys
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class Stack:
 
         def idle() -> bool:
             try:
-                return self.redis.zcard(keys.ACTIVE_JOBS) == 0
+                return self.redis.zcard(redis_keys.ACTIVE_JOBS) == 0
             except redis.ConnectionError:  # the test's own connection may lag behind a restarted Redis
                 return False
 

@@ -9,14 +9,14 @@ from celery.signals import setup_logging, worker_ready, worker_shutdown
 from kombu import Queue
 from prometheus_client import start_http_server
 
-from worker import keys
-from worker.heap import freeze_startup_objects
-from worker.logs import configure_logging
-from worker.settings import Settings, get_settings
+from llmq.worker import redis_keys
+from llmq.worker.observability.logs import configure_logging
+from llmq.worker.runtime.gc_tuning import freeze_startup_objects
+from llmq.worker.settings import Settings, get_settings
 
-REDIS_TRANSPORT = "worker.redis_transport:Transport"
-CONSUMER = "worker.consumer:Consumer"
-POOLS = {"asyncio": "worker.asyncio_pool:AsyncioPool", "threads": "threads"}
+REDIS_TRANSPORT = "llmq.worker.runtime.redis_transport:Transport"
+CONSUMER = "llmq.worker.runtime.consumer:Consumer"
+POOLS = {"asyncio": "llmq.worker.runtime.asyncio_pool:AsyncioPool", "threads": "threads"}
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -48,8 +48,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         "worker_pool": POOLS[settings.worker_pool],
         "worker_concurrency": settings.worker_concurrency,
-        "task_queues": [Queue(name) for name in keys.QUEUES_IN_ORDER],
-        "task_default_queue": keys.QUEUE_BY_PRIORITY["normal"],
+        "task_queues": [Queue(name) for name in redis_keys.QUEUES_IN_ORDER],
+        "task_default_queue": redis_keys.QUEUE_BY_PRIORITY["normal"],
         "task_serializer": "json",
         "accept_content": ["json"],
         # Flower sees every task, its retries and its outcome; the events go out in batches.
@@ -66,7 +66,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("llmq", include=["worker.tasks"])
+    app = Celery("llmq", include=["llmq.worker.tasks"])
     app.conf.update(celery_config(settings))
     return app
 
@@ -83,9 +83,9 @@ _sweeper = None
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
     global _sweeper
-    from worker.job_runner import runtime  # imported late: the tasks module imports this one
-    from worker.sweeper import Sweeper
-    from worker.tasks import enqueue, enqueue_delivery
+    from llmq.worker.job_runner import runtime  # imported late: the tasks module imports this one
+    from llmq.worker.sweeper import Sweeper
+    from llmq.worker.tasks import enqueue, enqueue_delivery
 
     _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery)
     _sweeper.start()

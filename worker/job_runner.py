@@ -14,17 +14,17 @@ from typing import Any
 
 import redis
 
-from worker import metrics
-from worker.errors import UpstreamError
-from worker.event_loop import wait
-from worker.flow_control import MAX_WAIT_S, FlowControl, Wait
-from worker.job_store import Claim, JobStore
-from worker.jobs import job_error
-from worker.key_vault import InvalidToken, KeyVault, vault_for
-from worker.retry_policy import RetryPolicy, next_delay
-from worker.settings import Settings, get_settings
-from worker.streaming import Delta
-from worker.upstream import UpstreamClient, client_for
+from llmq.worker.jobs.record import job_error
+from llmq.worker.jobs.store import Claim, JobStore
+from llmq.worker.observability import metrics
+from llmq.worker.proxy.client import UpstreamClient, client_for
+from llmq.worker.proxy.errors import UpstreamError
+from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
+from llmq.worker.proxy.retry_policy import RetryPolicy, next_delay
+from llmq.worker.proxy.streaming import Delta
+from llmq.worker.runtime.event_loop import wait
+from llmq.worker.secrets.key_vault import InvalidToken, KeyVault, vault_for
+from llmq.worker.settings import Settings, get_settings
 
 log = logging.getLogger("llmq.worker")
 # Seconds beyond the HTTP timeouts before another delivery may take a running job over.

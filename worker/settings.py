@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.callback_guard import AllowList
-from worker.flow_control import FlowLimits, LimitTable
-from worker.platform_key import check_composite_key
-from worker.webhooks import check_secret, parse_schedule
+from llmq.worker.proxy.flow_control import FlowLimits, LimitTable
+from llmq.worker.secrets.platform_key import check_composite_key
+from llmq.worker.webhooks.callback import check_secret, parse_schedule
+from llmq.worker.webhooks.callback_guard import AllowList
 
 Environment = Literal["test", "prod"]
 DEV_SECRET = "llmq-dev-secret-do-not-use-in-production"

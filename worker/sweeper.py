@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from worker import keys
-from worker.job_runner import Runtime
-from worker.jobs import job_error
+from llmq.worker import redis_keys
+from llmq.worker.job_runner import Runtime
+from llmq.worker.jobs.record import job_error
 
 log = logging.getLogger("llmq.sweeper")
 MAX_REQUEUES = 3
@@ -55,23 +55,23 @@ def sweep(
     report = SweepReport()
     names = ("status", "lease_until", "next_attempt_at", "updated_at", "model", "priority", "requeues",
              "attempt_count", "requeued_at_attempt")
-    due = cast(list[str], rt.redis.zrangebyscore(keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH))
+    due = cast(list[str], rt.redis.zrangebyscore(redis_keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH))
     for job_id in due:
-        values = cast(list[str | None], rt.redis.hmget(keys.job(job_id), names))
+        values = cast(list[str | None], rt.redis.hmget(redis_keys.job(job_id), names))
         fields = {name: value for name, value in zip(names, values, strict=True) if value is not None}
         if "status" not in fields:  # expired with its TTL, unfinished: its event stream never got one
-            rt.redis.delete(keys.job_events(job_id))
-            rt.redis.zrem(keys.ACTIVE_JOBS, job_id)
+            rt.redis.delete(redis_keys.job_events(job_id))
+            rt.redis.zrem(redis_keys.ACTIVE_JOBS, job_id)
             report.forgotten += 1
             continue
         due_at = overdue_at(fields, settings.visibility_timeout_s, settings.stuck_after_s)
         if due_at is None:  # finished: its own last change should have taken it out
-            rt.redis.zrem(keys.ACTIVE_JOBS, job_id)
+            rt.redis.zrem(redis_keys.ACTIVE_JOBS, job_id)
             continue
         if due_at >= now:
             # Alive (a claim leaves the job's entry as it was, to save a command per job): come back to it
             # in the sweep after it could be overdue.
-            rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: due_at - (now - horizon)}, xx=True)
+            rt.redis.zadd(redis_keys.ACTIVE_JOBS, {job_id: due_at - (now - horizon)}, xx=True)
             continue
         # Republishing counts against a job only while it makes no attempt in between: a long job
         # rescued now and then over its life is not stuck.
@@ -86,10 +86,11 @@ def sweep(
                 notify(job_id)
             continue
         pipe = rt.redis.pipeline(transaction=False)
-        pipe.hset(keys.job(job_id), mapping={"requeues": requeues + 1, "requeued_at_attempt": attempts})
-        pipe.zadd(keys.ACTIVE_JOBS, {job_id: now})  # not again before another full period
+        pipe.hset(redis_keys.job(job_id), mapping={"requeues": requeues + 1, "requeued_at_attempt": attempts})
+        pipe.zadd(redis_keys.ACTIVE_JOBS, {job_id: now})  # not again before another full period
         pipe.execute()
-        publish(job_id, fields.get("model", ""), keys.QUEUE_BY_PRIORITY.get(fields.get("priority", ""), "llmq.normal"))
+        queue = redis_keys.QUEUE_BY_PRIORITY.get(fields.get("priority", ""), "llmq.normal")
+        publish(job_id, fields.get("model", ""), queue)
         report.requeued.append(job_id)
     if report.requeued or report.failed:
         log.warning("sweep: published again %d stuck job(s), failed %d", len(report.requeued), len(report.failed))
@@ -108,7 +109,7 @@ class Sweeper(threading.Thread):
         interval = self.rt.settings.sweep_interval_s
         while not self.stopping.wait(interval * random.uniform(0.8, 1.2)):
             try:
-                if self.rt.redis.set(keys.SWEEPER_LOCK, "1", nx=True, ex=max(int(interval), 1)):
+                if self.rt.redis.set(redis_keys.SWEEPER_LOCK, "1", nx=True, ex=max(int(interval), 1)):
                     sweep(self.rt, self.publish, notify=self.notify)
             except Exception:  # a sweep must never take the worker down; the next one tries again
                 log.exception("sweep failed")

@@ -9,11 +9,11 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from worker import keys
-from worker.celery_app import app
-from worker.job_runner import run_attempt, runtime
-from worker.jobs import job_error
-from worker.webhook_delivery import run_delivery
+from llmq.worker import redis_keys
+from llmq.worker.celery_app import app
+from llmq.worker.job_runner import run_attempt, runtime
+from llmq.worker.jobs.record import job_error
+from llmq.worker.webhooks.delivery import run_delivery
 
 log = logging.getLogger("llmq.worker")
 
@@ -73,4 +73,4 @@ def enqueue_many(jobs: list[tuple[str, str, str]]) -> None:
 
 
 def enqueue_delivery(job_id: str) -> None:
-    deliver_webhook.apply_async(args=[job_id], queue=keys.WEBHOOK_QUEUE)
+    deliver_webhook.apply_async(args=[job_id], queue=redis_keys.WEBHOOK_QUEUE)

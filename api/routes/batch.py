@@ -9,14 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from api.deps import CallerDep, SettingsDep, StoreDep, VaultDep
-from api.direct_route import direct_route, json_response
-from api.errors import ApiError
-from api.routes.jobs import ERRORS
-from api.schemas import BatchCreate, BatchItem, BatchResult
-from api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
-from worker import metrics
-from worker.jobs import NewJob
+from llmq.api.deps import CallerDep, SettingsDep, StoreDep, VaultDep
+from llmq.api.direct_route import direct_route, json_response
+from llmq.api.errors import ApiError
+from llmq.api.routes.jobs import ERRORS
+from llmq.api.schemas import BatchCreate, BatchItem, BatchResult
+from llmq.api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
+from llmq.worker.jobs.record import NewJob
+from llmq.worker.observability import metrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -12,13 +12,13 @@ import redis.exceptions
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import CallerDep, StoreDep
-from api.errors import ApiError
-from api.event_history import told_events, told_id, told_index, watch_point
-from api.job_store import AsyncJobStore
-from api.routes.jobs import check_id, check_owner
-from api.schemas import ErrorResponse
-from worker.jobs import TERMINAL, dumps, is_terminal_event
+from llmq.api.deps import CallerDep, StoreDep
+from llmq.api.errors import ApiError
+from llmq.api.event_history import told_events, told_id, told_index, watch_point
+from llmq.api.job_store import AsyncJobStore
+from llmq.api.routes.jobs import check_id, check_owner
+from llmq.api.schemas import ErrorResponse
+from llmq.worker.jobs.record import TERMINAL, dumps, is_terminal_event
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

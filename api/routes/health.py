@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.schemas import Health
+from llmq.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 2.0

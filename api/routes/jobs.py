@@ -8,16 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
-from api.direct_route import direct_route, header, json_response
-from api.errors import ApiError
-from api.job_store import AsyncJobStore
-from api.schemas import ErrorResponse, JobCreate, JobPublic
-from api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
-from worker import metrics
-from worker.job_view import job_json_bytes, new_job_json_bytes
-from worker.jobs import TERMINAL, public_view
-from worker.tasks import enqueue_delivery
+from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
+from llmq.api.direct_route import direct_route, header, json_response
+from llmq.api.errors import ApiError
+from llmq.api.job_store import AsyncJobStore
+from llmq.api.schemas import ErrorResponse, JobCreate, JobPublic
+from llmq.api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
+from llmq.worker.jobs.record import TERMINAL, public_view
+from llmq.worker.jobs.view import job_json_bytes, new_job_json_bytes
+from llmq.worker.observability import metrics
+from llmq.worker.tasks import enqueue_delivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

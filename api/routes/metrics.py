@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import keys, metrics
+from llmq.worker import redis_keys
+from llmq.worker.observability import metrics
 
 router = APIRouter(tags=["operations"])
 
@@ -14,11 +15,11 @@ router = APIRouter(tags=["operations"])
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus metrics: jobs submitted and finished, queue depth per queue, unfinished jobs."""
     pipe = request.app.state.redis.pipeline(transaction=False)
-    for queue in keys.QUEUES_IN_ORDER:
+    for queue in redis_keys.QUEUES_IN_ORDER:
         pipe.llen(queue)
-    pipe.zcard(keys.ACTIVE_JOBS)
+    pipe.zcard(redis_keys.ACTIVE_JOBS)
     *depths, unfinished = await pipe.execute()
-    for queue, depth in zip(keys.QUEUES_IN_ORDER, depths, strict=True):
+    for queue, depth in zip(redis_keys.QUEUES_IN_ORDER, depths, strict=True):
         metrics.QUEUE_DEPTH.labels(queue).set(depth)
     metrics.UNFINISHED_JOBS.set(unfinished)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

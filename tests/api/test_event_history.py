@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import redis
 
-from api.event_history import told_events, told_id, told_index, watch_point
-from devstack.redis_server import RedisServer
-from worker import job_scripts, keys
-from worker.job_store import JobStore
-from worker.jobs import UNFINISHED, NewJob, dumps, new_job_id, state_event
+from llmq.api.event_history import told_events, told_id, told_index, watch_point
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker import redis_keys
+from llmq.worker.jobs import scripts as job_scripts
+from llmq.worker.jobs.record import UNFINISHED, NewJob, dumps, new_job_id, state_event
+from llmq.worker.jobs.store import JobStore
 
 OWNER = "owner-1"
 LEASE_S = 30.0
@@ -35,21 +36,22 @@ def new_job(store: JobStore, **request: Any) -> str:
     job = NewJob(id=new_job_id(), owner=OWNER, key_token="t", model="m", request_json=dumps({"model": "m", **request}),
                  stream=bool(request.get("stream")),
                  environment="test", priority="normal", max_attempts=3, created_at=1_000.0, app_id="a")
-    store.redis.hset(keys.job(job.id), mapping=job.fields)
+    store.redis.hset(redis_keys.job(job.id), mapping=job.fields)
     return job.id
 
 
 def watch(store: JobStore, job_id: str, owner: str = OWNER) -> tuple[dict[str, str], str]:
-    flat, last_id = store.redis.eval(job_scripts.WATCH, 2, keys.job(job_id), keys.job_events(job_id), owner)
+    flat, last_id = store.redis.eval(job_scripts.WATCH, 2, redis_keys.job(job_id), redis_keys.job_events(job_id), owner)
     return dict(zip(flat[::2], flat[1::2], strict=True)), last_id
 
 
 def history(store: JobStore, job_id: str) -> list[tuple[str, dict[str, Any]]]:
     """What /events sends a client that connects now: told events, then the stream's."""
-    fields = store.redis.hgetall(keys.job(job_id))
-    last = store.redis.xrevrange(keys.job_events(job_id), count=1)
+    fields = store.redis.hgetall(redis_keys.job(job_id))
+    last = store.redis.xrevrange(redis_keys.job_events(job_id), count=1)
     told = told_events(fields, watch_point(fields, last[0][0] if last else "0-0"))
-    streamed = [(event_id, json.loads(entry["e"])) for event_id, entry in store.redis.xrange(keys.job_events(job_id))]
+    entries = store.redis.xrange(redis_keys.job_events(job_id))
+    streamed = [(event_id, json.loads(entry["e"])) for event_id, entry in entries]
     return [(told_id(n), event) for n, event in enumerate(told)] + streamed
 
 
@@ -86,15 +88,15 @@ def test_a_retried_job_tells_one_history_wherever_the_watch_began(store: JobStor
 
     events = history(store, job_id)
     assert shape(events) == [("queued", None), ("running", 1), ("retrying", 1), ("running", 2), ("succeeded", None)]
-    everything_told = told_events(store.redis.hgetall(keys.job(job_id)), None)
+    everything_told = told_events(store.redis.hgetall(redis_keys.job(job_id)), None)
     assert [event["at"] for _, event in events] == pytest.approx([event["at"] for event in everything_told], abs=0.05)
     assert [event["at"] for _, event in events][1] == first.started_at
     ids = [event_id for event_id, _ in events]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) and len(set(ids)) == len(ids)
     followed = watched_at not in ("never", "finished")
-    assert bool(store.redis.exists(keys.job_events(job_id))) is followed, "a stream only for a followed job"
+    assert bool(store.redis.exists(redis_keys.job_events(job_id))) is followed, "a stream only for a followed job"
     if followed:
-        assert 0 < store.redis.ttl(keys.job_events(job_id)) <= TTL_S
+        assert 0 < store.redis.ttl(redis_keys.job_events(job_id)) <= TTL_S
 
 
 def test_a_worker_lost_mid_call_shows_both_attempts(store: JobStore) -> None:
@@ -106,7 +108,7 @@ def test_a_worker_lost_mid_call_shows_both_attempts(store: JobStore) -> None:
     events = history(store, job_id)
     assert shape(events) == [("queued", None), ("running", 1), ("running", 2), ("succeeded", None)]
     assert [event_id for event_id, _ in events[:2]] == ["0-1", "0-2"]
-    lost = json.loads(store.redis.hget(keys.job(job_id), "attempts").split("\n")[0])
+    lost = json.loads(store.redis.hget(redis_keys.job(job_id), "attempts").split("\n")[0])
     assert lost["outcome"] == "worker_lost" and lost["started_at"] == first.started_at
 
 
@@ -119,7 +121,7 @@ def test_a_job_cancelled_mid_call_tells_its_call_and_the_cancel(store: JobStore)
     events = history(store, job_id)
     assert shape(events) == [("queued", None), ("running", 1), ("cancelled", None)]
     assert events[1][1]["at"] == claim.started_at
-    assert not store.redis.exists(keys.job_events(job_id))
+    assert not store.redis.exists(redis_keys.job_events(job_id))
 
 
 def test_a_failed_job_tells_its_error(store: JobStore) -> None:
@@ -136,7 +138,7 @@ def test_a_failed_job_tells_its_error(store: JobStore) -> None:
 def test_a_streaming_request_streams_from_its_claim_without_a_watch(store: JobStore) -> None:
     job_id = new_job(store, stream=True)
     store.claim(job_id, LEASE_S)
-    assert store.redis.xlen(keys.job_events(job_id)) == 1
+    assert store.redis.xlen(redis_keys.job_events(job_id)) == 1
     fields, last_id = watch(store, job_id)
     assert "watched" not in fields and last_id != "0-0"
     assert shape(history(store, job_id)) == [("queued", None), ("running", 1)]
@@ -146,7 +148,7 @@ def test_another_owner_marks_nothing_and_a_second_watch_keeps_the_first_point(st
     job_id = new_job(store)
     store.claim(job_id, LEASE_S)
     fields, _ = watch(store, job_id, owner="someone-else")
-    assert "watched" not in fields and store.redis.hget(keys.job(job_id), "watched") is None
+    assert "watched" not in fields and store.redis.hget(redis_keys.job(job_id), "watched") is None
     fields, _ = watch(store, job_id)
     assert fields["watched"] == "0,1"
     store.retry_later(job_id, attempt(1.0, 1, outcome="timeout", retry_in_s=1.0), 1.0)

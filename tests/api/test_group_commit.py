@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from api.group_commit import GroupCommit
+from llmq.api.group_commit import GroupCommit
 
 
 async def one_turn() -> None:

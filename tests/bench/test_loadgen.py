@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from bench import loadgen
+from llmq.bench import loadgen
 
 
 class Handler(BaseHTTPRequestHandler):

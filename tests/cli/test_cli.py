@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from cli.batch import idempotency_key, parse_input
-from cli.keys import resolve_key, secrets_of
-from cli.output import Output
-from devstack.redis_server import free_port
+from llmq.cli.batch import idempotency_key, parse_input
+from llmq.cli.keys import resolve_key, secrets_of
+from llmq.cli.output import Output
+from llmq.devstack.redis_server import free_port
 from tests.stack import CALLER_APP_KEY, CALLER_KEY, MockProxy, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +29,13 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 def run_cli(*args: str, api: str, key: str | None = CALLER_KEY, stdin: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m cli ...` with a clean environment; the appKey must never show up in what it prints."""
+    """`python -m llmq.cli ...` with a clean environment; the appKey must never show up in what it prints."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LLMQ_", "TAL_MLOPS_"))}
     environ["LLMQ_API_URL"] = api
     if key is not None:
         environ["LLMQ_KEY"] = key
     environ.update(env or {})
-    result = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=environ, input=stdin,
+    result = subprocess.run([sys.executable, "-m", "llmq.cli", *args], cwd=ROOT, env=environ, input=stdin,
                             capture_output=True, text=True, timeout=60)
     assert CALLER_APP_KEY not in result.stdout + result.stderr
     return result

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker import redis_keys
 from tests.stack import OTHER_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
-from worker import keys
 
 RUN = uuid.uuid4().hex[:8]
 CONCURRENCY_MODEL = f"flow-concurrency-{RUN}"
@@ -69,7 +69,7 @@ def test_model_concurrency_holds_across_two_workers(
         assert sum(1 for earlier in at[:n + 1] if now - earlier < 0.95) <= 2, at
     assert at[-1] - at[0] >= 2.9  # eight 1-second calls, two at a time
     # Every slot was given back; the shared stack never saw a limit.
-    slots = keys.flow("concurrency", "model", CONCURRENCY_MODEL)
+    slots = redis_keys.flow("concurrency", "model", CONCURRENCY_MODEL)
     eventually(lambda: limited.redis.zcard(slots) == 0, 5, "every concurrency slot to be given back")
     assert limited.redis.zcard(slots) == 0
     assert not redis.Redis.from_url(redis_server.url).keys("llmq:flow:*")

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx2
 
+from llmq.worker import redis_keys
 from tests.stack import OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_status
-from worker import keys
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 # Keep-alives would reset a read timeout forever, so reading a stream also has a deadline.
@@ -151,7 +151,7 @@ def test_a_job_nobody_follows_writes_no_stream_and_its_record_tells_the_history(
     with stack.client() as client:
         job_id = submit(client, chat(model))["id"]
         job = wait_status(client, job_id, "succeeded")  # plain reads: nobody follows the job
-        assert not stack.redis.exists(keys.job_events(job_id))
+        assert not stack.redis.exists(redis_keys.job_events(job_id))
         events = read_events(client, job_id)
         resumed = read_events(client, job_id, **{"Last-Event-ID": "0-3"})
     assert kinds(events) == ["queued", "running", "retrying", "running", "succeeded"]
@@ -164,7 +164,7 @@ def test_a_job_nobody_follows_writes_no_stream_and_its_record_tells_the_history(
     assert told_at == sorted(told_at)
     assert events[2].data["reason"] == "http_500" and events[2].data["retry_in_s"] == first["retry_in_s"]
     assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in events[3:]]
-    assert not stack.redis.exists(keys.job_events(job_id)), "reading a finished job's history writes nothing"
+    assert not stack.redis.exists(redis_keys.job_events(job_id)), "reading a finished job's history writes nothing"
 
 
 def test_a_job_followed_midway_gets_the_rest_streamed_and_one_history(
@@ -186,7 +186,7 @@ def test_a_job_followed_midway_gets_the_rest_streamed_and_one_history(
     assert [(e.id, e.data) for e in later] == [(e.id, e.data) for e in live]
     assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in live[2:]]
     ttl = int(stack.env.get("LLMQ_RESULT_TTL_S", "259200"))
-    assert 0 < stack.redis.ttl(keys.job_events(job_id)) <= ttl
+    assert 0 < stack.redis.ttl(redis_keys.job_events(job_id)) <= ttl
 
 
 def test_wait_answers_within_200ms_of_the_finish(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
@@ -223,7 +223,7 @@ def test_events_keep_other_keys_out_and_reject_bad_ids(stack: Stack, model: str)
         job_id = submit(owner, chat(model))["id"]
         assert other.get(f"/v1/jobs/{job_id}/events").status_code == 404
         assert other.get(f"/v1/jobs/{job_id}", params={"wait": 1}).status_code == 404
-        assert stack.redis.hget(keys.job(job_id), "watched") is None, "another key's read marks nothing"
+        assert stack.redis.hget(redis_keys.job(job_id), "watched") is None, "another key's read marks nothing"
         assert owner.get("/v1/jobs/job_AAAAAAAAAAAAAAAAAAAAAA/events").status_code == 404
         for bad in ("not-an-id", "12", "1-2-3", "99999999999999999999999-0"):
             response = owner.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": bad})

@@ -8,8 +8,8 @@ from datetime import datetime
 import httpx2
 import pytest
 
+from llmq.worker import redis_keys
 from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished
-from worker import keys
 
 
 def ts(value: str) -> float:
@@ -35,7 +35,7 @@ def test_submitted_job_succeeds_with_the_proxys_answer(stack: Stack, mock_proxy:
     # The record has its TTL from the submission (a followed job's event stream gets its own from the finish:
     # test_live_progress).
     ttl = int(stack.env.get("LLMQ_RESULT_TTL_S", "259200"))
-    assert 0 < stack.redis.ttl(keys.job(accepted["id"])) <= ttl
+    assert 0 < stack.redis.ttl(redis_keys.job(accepted["id"])) <= ttl
 
 
 def test_unknown_parameters_reach_the_proxy_untouched(stack: Stack, model: str) -> None:
@@ -54,7 +54,7 @@ def test_a_record_is_kept_in_the_compact_encoding(stack: Stack, model: str) -> N
     # are over Redis's default 64 bytes, which would make every record a full hash table.
     with stack.client() as client:
         job = submit(client, chat(model, "x" * 300))
-    record = keys.job(job["id"])
+    record = redis_keys.job(job["id"])
     assert len(stack.redis.hget(record, "key_token") or "") > 64
     assert stack.redis.object("encoding", record) in ("listpack", "ziplist")  # Redis 7, Redis 6
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
 from tests.stack import MockProxy, Stack, chat, submit, wait_finished
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import httpx2
 import redis
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker.webhooks.callback import new_secret
 from tests.flower import flower_tasks
 from tests.receiver import Receiver
 from tests.secrets_scan import count_values, leaks_in_logs, leaks_in_redis
 from tests.stack import CALLER_APP_KEY, CALLER_KEY, MockProxy, Stack, chat, submit, wait_finished, wait_until
-from worker.webhooks import new_secret
 
 
 def every_database(url: str) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker.webhooks.callback import new_secret
 from tests.receiver import Receiver
 from tests.stack import WEBHOOK_SECRET, MockProxy, Stack, chat, submit, wait_until
-from worker.webhooks import new_secret
 
 DONE = ("delivered", "failed", "gone")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker import redis_keys
 from tests.brokers import BROKERS, pending_messages, rabbitmq_vhost
 from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
-from worker import keys
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -53,7 +53,7 @@ def test_cancel_before_pickup_never_calls_the_proxy(own_stack: Stack, mock_proxy
     assert job["status"] == "cancelled"
     assert job["attempts"] == []
     assert mock_proxy.calls(model) == []
-    assert not own_stack.redis.exists(keys.job_events(job_id)), "nobody followed the job: no stream was written"
+    assert not own_stack.redis.exists(redis_keys.job_events(job_id)), "nobody followed the job: no stream was written"
     assert broker_is_drained(own_stack)
 
 

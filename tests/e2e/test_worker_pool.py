@@ -21,11 +21,11 @@ import psutil
 import pytest
 import redis
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker.runtime.redis_transport import UNACKED_KEY
 from tests.brokers import pending_messages
 from tests.redis_monitor import CommandLog
 from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished
-from worker.redis_transport import UNACKED_KEY
 
 SLOTS = 40
 DB_BY_POOL = {"asyncio": 13, "threads": 14}

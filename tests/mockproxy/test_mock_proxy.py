@@ -25,14 +25,13 @@ STARTUP_TIMEOUT_S = 10.0
 def _clean_env() -> dict[str, str]:
     # Settings of a developer's shell must not leak into the mock under test.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_MOCK_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
 def _start(args: list[str], stderr_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mockproxy", "--port", "0", *args],
+            [sys.executable, "-m", "llmq.mockproxy", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, env=_clean_env(),
         )
     assert proc.stdout is not None

@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.keys import QUEUE_BY_PRIORITY, QUEUES_IN_ORDER
-from worker.settings import Settings
+from llmq.worker.redis_keys import QUEUE_BY_PRIORITY, QUEUES_IN_ORDER
+from llmq.worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 COMPOSE = ROOT / "docker-compose.yml"
 VENV_BIN = Path(sys.executable).parent
 
-CELERY_APP = "worker.celery_app"
-API_FACTORY = "api.main:app_from_env"
+CELERY_APP = "llmq.worker.celery_app"
+API_FACTORY = "llmq.api.main:app_from_env"
 REQUIRED_IN_COMPOSE = {"LLMQ_SECRET", "LLMQ_FLOWER_BASIC_AUTH"}
 # Variables of the deployment files that are not llmq settings.
 INFRA_VARS = {
@@ -79,10 +79,10 @@ def setting_default(name: str) -> Any:
 
 
 def exported_metrics() -> dict[str, set[str]]:
-    """Metric family -> the sample names it exposes, from the registry after importing worker.metrics."""
+    """Metric family -> the sample names it exposes, from the registry once the metrics module is imported."""
     import prometheus_client
 
-    import worker.metrics  # noqa: F401 - registers the collectors
+    import llmq.worker.observability.metrics  # noqa: F401 - registers the collectors
 
     families: dict[str, set[str]] = {}
     for family in prometheus_client.REGISTRY.collect():
@@ -106,12 +106,12 @@ def code_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     script = r"""
 import importlib, json, sys
 from celery import Celery
-import api.main
-import worker.celery_app as celery_module
-from worker.settings import get_settings
-from mockproxy.__main__ import build_parser
+import llmq.api.main
+import llmq.worker.celery_app as celery_module
+from llmq.worker.settings import get_settings
+from llmq.mockproxy.__main__ import build_parser
 
-factory = getattr(api.main, "app_from_env", None)
+factory = getattr(llmq.api.main, "app_from_env", None)
 app = factory()
 mock_args = build_parser({}).parse_args(sys.argv[1:])
 facts = {
@@ -128,7 +128,7 @@ facts = {
 print(json.dumps(facts))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMQ_", "TAL_MLOPS_", "FLOWER_"))}
-    env.update(LLMQ_DEV_MODE="1", LLMQ_LOG_FORMAT="text", PYTHONPATH=str(ROOT))
+    env.update(LLMQ_DEV_MODE="1", LLMQ_LOG_FORMAT="text")
     mock_cmd = compose_services()["mock-proxy"]["command"]
     result = subprocess.run(
         [sys.executable, "-c", script, *mock_cmd[1:]], cwd=tmp_path_factory.mktemp("no-dotenv"), env=env,
@@ -276,9 +276,9 @@ def test_dockerfile_builds_one_non_root_image_running_the_api() -> None:
     assert "pip wheel" in runs and " ." in runs and "pip install" in runs
     assert "[dev]" not in runs
     copied = {arg.split()[0] for op, arg in instructions if op == "COPY"}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    for package in packages["include"]:
-        assert package.rstrip("*") in copied, f"{package} is not copied into the build"
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for folder in folders:
+        assert folder in copied, f"{folder}/ is not copied into the build"
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     exposed = {port for op, arg in instructions if op == "EXPOSE" for port in arg.split()}
@@ -382,7 +382,7 @@ def test_compose_flower_and_mock_commands(code_facts: dict[str, Any]) -> None:
     mock = services["mock-proxy"]["command"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert mock[0] in scripts
-    assert scripts[mock[0]] == "mockproxy.__main__:main"
+    assert scripts[mock[0]] == "llmq.mockproxy.__main__:main"
     # Parsed by the mock's own argument parser (in code_facts): it listens where the default URL points.
     assert (code_facts["mock_host"], code_facts["mock_port"], code_facts["mock_latency_ms"]) == ("0.0.0.0", 8090, 800)
     default_url = compose_services()["api"]["environment"]["LLMQ_UPSTREAM_TEST_URL"]
@@ -510,7 +510,7 @@ def test_alerts_and_dashboard_use_only_exported_metrics() -> None:
     dash_names = referenced_metric_names(dash_exprs)
     assert alert_names and dash_names
     for name in sorted(alert_names | dash_names):
-        assert name in samples, f"{name} is not exported by worker.metrics (exported: {sorted(samples)})"
+        assert name in samples, f"{name} is not exported by the metrics module (exported: {sorted(samples)})"
     # The dashboard shows every metric the code exports.
     for family in families:
         assert any(name.startswith(family) for name in dash_names), f"no panel shows {family}"

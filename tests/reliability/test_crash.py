@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
 from tests.stack import MockProxy, Stack, chat, eventually
 
 IN_FLIGHT = 250

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import httpx2
 import pytest
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker import redis_keys
 from tests.stack import MockProxy, Stack, chat
-from worker import keys
 
 JOBS = 60
 OUTAGE_S = 4.0
@@ -65,7 +65,7 @@ def test_redis_restart_loses_no_accepted_job(
     assert slowest < 10, f"503s must come quickly, took {slowest:.1f}s"
     assert httpx2.get(f"{stack.base_url}/readyz").status_code == 200
     calls = len(mock_proxy.calls(model))
-    rescued = sum(1 for job_id in ids if stack.redis.hget(keys.job(job_id), "requeues"))
+    rescued = sum(1 for job_id in ids if stack.redis.hget(redis_keys.job(job_id), "requeues"))
     record_figures("Redis restart", jobs=JOBS, outage_s=OUTAGE_S, lost=0, duplicate_calls=calls - JOBS,
                    slowest_503_s=round(slowest, 2), recovery_s=round(recovered_s, 1), appendfsync="everysec",
                    rescued_by_sweeper=rescued)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from devstack.redis_server import RedisServer
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker.runtime.redis_transport import UNACKED_KEY
 from tests.stack import MockProxy, Stack, chat, submit, wait_finished, wait_status
-from worker.redis_transport import UNACKED_KEY
 
 
 def test_sweeper_rescues_a_job_whose_message_was_lost(

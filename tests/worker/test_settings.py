@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.settings import ConfigError, load_settings
+from llmq.worker.settings import ConfigError, load_settings
 
 GOOD = {"LLMQ_SECRET": "a-long-random-server-secret", "LLMQ_UPSTREAM_TEST_URL": "http://proxy.test/openai-compatible/v1"}
 

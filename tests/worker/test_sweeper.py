@@ -8,16 +8,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from devstack.redis_server import RedisServer
-from worker import keys
-from worker.job_runner import Runtime
-from worker.job_store import JobStore
-from worker.jobs import NewJob, new_job_id
-from worker.key_vault import KeyVault
-from worker.retry_policy import RetryPolicy
-from worker.settings import load_settings
-from worker.sweeper import MAX_REQUEUES, sweep
-from worker.upstream import UpstreamClient
+from llmq.devstack.redis_server import RedisServer
+from llmq.worker import redis_keys
+from llmq.worker.job_runner import Runtime
+from llmq.worker.jobs.record import NewJob, new_job_id
+from llmq.worker.jobs.store import JobStore
+from llmq.worker.proxy.client import UpstreamClient
+from llmq.worker.proxy.retry_policy import RetryPolicy
+from llmq.worker.secrets.key_vault import KeyVault
+from llmq.worker.settings import load_settings
+from llmq.worker.sweeper import MAX_REQUEUES, sweep
 
 NOW = time.time()
 VISIBILITY = 600
@@ -38,8 +38,8 @@ def make_job(rt: Runtime, status: str, age_s: float, **fields: str) -> str:
     job = NewJob(id=new_job_id(), owner="o", key_token="t", model="m", request_json="{}", environment="test",
                  priority="high", max_attempts=3, created_at=NOW - age_s, app_id="a")
     record = {**job.fields, "status": status, "updated_at": repr(NOW - age_s), **fields}
-    rt.redis.hset(keys.job(job.id), mapping=record)
-    rt.redis.zadd(keys.ACTIVE_JOBS, {job.id: NOW - age_s})
+    rt.redis.hset(redis_keys.job(job.id), mapping=record)
+    rt.redis.zadd(redis_keys.ACTIVE_JOBS, {job.id: NOW - age_s})
     return job.id
 
 
@@ -74,35 +74,35 @@ def test_a_job_that_never_moves_is_failed_with_a_clear_error(rt: Runtime) -> Non
     job = rt.store.get(job_id)
     assert job is not None and job["status"] == "failed"
     assert job["error"]["type"] == "stuck"
-    assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) is None
+    assert rt.redis.zscore(redis_keys.ACTIVE_JOBS, job_id) is None
 
 
 def test_republishing_counts_only_while_the_job_makes_no_attempt(rt: Runtime) -> None:
     overdue = repr(NOW - VISIBILITY - 1)
     job_id = make_job(rt, "retrying", 2000, next_attempt_at=overdue, attempt_count="2")
     for n in range(1, MAX_REQUEUES + 1):
-        rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: NOW - 9000})
+        rt.redis.zadd(redis_keys.ACTIVE_JOBS, {job_id: NOW - 9000})
         assert sweep(rt, lambda *args: None, now=NOW).requeued == [job_id]
-        assert rt.redis.hget(keys.job(job_id), "requeues") == str(n)
+        assert rt.redis.hget(redis_keys.job(job_id), "requeues") == str(n)
     # An attempt since the last republish is progress: the count starts again rather than failing the job.
-    rt.redis.hset(keys.job(job_id), "attempt_count", "3")
-    rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: NOW - 9000})
+    rt.redis.hset(redis_keys.job(job_id), "attempt_count", "3")
+    rt.redis.zadd(redis_keys.ACTIVE_JOBS, {job_id: NOW - 9000})
     assert sweep(rt, lambda *args: None, now=NOW).requeued == [job_id]
-    assert rt.redis.hmget(keys.job(job_id), ["requeues", "requeued_at_attempt"]) == ["1", "3"]
+    assert rt.redis.hmget(redis_keys.job(job_id), ["requeues", "requeued_at_attempt"]) == ["1", "3"]
     # No attempt since: it fails once the count is used up again.
     for _ in range(MAX_REQUEUES):
-        rt.redis.zadd(keys.ACTIVE_JOBS, {job_id: NOW - 9000})
+        rt.redis.zadd(redis_keys.ACTIVE_JOBS, {job_id: NOW - 9000})
         report = sweep(rt, lambda *args: None, now=NOW)
     assert report.failed == [job_id]
 
 
 def test_expired_jobs_leave_the_index_and_their_stream_goes(rt: Runtime) -> None:
-    rt.redis.zadd(keys.ACTIVE_JOBS, {"job_gone": NOW - 9000})
-    rt.redis.xadd(keys.job_events("job_gone"), {"e": "{}"})  # begun by a claim, never given a TTL
+    rt.redis.zadd(redis_keys.ACTIVE_JOBS, {"job_gone": NOW - 9000})
+    rt.redis.xadd(redis_keys.job_events("job_gone"), {"e": "{}"})  # begun by a claim, never given a TTL
     report = sweep(rt, lambda *args: None, now=NOW)
     assert report.forgotten == 1
-    assert rt.redis.zscore(keys.ACTIVE_JOBS, "job_gone") is None
-    assert not rt.redis.exists(keys.job_events("job_gone"))
+    assert rt.redis.zscore(redis_keys.ACTIVE_JOBS, "job_gone") is None
+    assert not rt.redis.exists(redis_keys.job_events("job_gone"))
 
 
 def test_a_requeued_job_waits_a_full_period_before_the_next(rt: Runtime) -> None:
@@ -117,11 +117,11 @@ def test_a_live_job_comes_due_again_when_it_could_first_be_overdue(rt: Runtime) 
     job_id = make_job(rt, "running", 2000, lease_until=repr(lease_until))
     assert sweep(rt, lambda *args: None, now=NOW).requeued == []
     horizon_lag = min(VISIBILITY, 3600)
-    assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) == pytest.approx(lease_until + VISIBILITY - horizon_lag)
+    assert rt.redis.zscore(redis_keys.ACTIVE_JOBS, job_id) == pytest.approx(lease_until + VISIBILITY - horizon_lag)
     assert sweep(rt, lambda *args: None, now=lease_until + VISIBILITY + 1).requeued == [job_id]
 
 
 def test_a_finished_job_left_in_the_index_leaves_it(rt: Runtime) -> None:
     job_id = make_job(rt, "succeeded", 5000)
     assert sweep(rt, lambda *args: None, now=NOW).requeued == []
-    assert rt.redis.zscore(keys.ACTIVE_JOBS, job_id) is None
+    assert rt.redis.zscore(redis_keys.ACTIVE_JOBS, job_id) is None

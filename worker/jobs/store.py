@@ -1,0 +1,183 @@
+"""The worker's side of the job records: claim a job, record an attempt, finish it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from redis.commands.core import Script
+
+from llmq.worker import redis_keys
+from llmq.worker.jobs import scripts as job_scripts
+from llmq.worker.jobs.record import TERMINAL, UNFINISHED, dumps, public_view, state_event
+from llmq.worker.proxy.streaming import Delta
+from llmq.worker.runtime.held_connection import HeldConnections
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming a job found: `claimed` (with what the call needs), or why not."""
+
+    state: str  # claimed | missing | finished | leased
+    attempt: int = 0
+    key_token: str = ""
+    request: str = ""  # the chat body as stored: JSON text, sent to the proxy as it is
+    stream: bool = False
+    environment: str = ""
+    max_attempts: int = 1
+    model: str = ""
+    callback_status: str = ""
+    app_id: str = ""
+    detail: str = ""
+    started_at: float = 0.0  # the claim's time: the attempt's start, as the record and its events tell it
+
+
+def _csv(statuses: tuple[str, ...] | frozenset[str]) -> str:
+    return "," + ",".join(statuses) + ","
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._held = HeldConnections(client)
+        self._claim = client.register_script(job_scripts.CLAIM)
+        self._transition = client.register_script(job_scripts.TRANSITION)
+        self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
+        self._claim_delivery = client.register_script(job_scripts.CLAIM_DELIVERY)
+
+    def _run(self, script: Script, keys_: list[str], args: list[Any]) -> Any:
+        """Every script call of the worker: `EVALSHA` on the thread's held connection (`runtime.held_connection`)."""
+        try:
+            return self._held.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
+        except redis.exceptions.NoScriptError:
+            return script(keys=keys_, args=args)  # loads it into this Redis, then runs it
+
+    def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
+        now = time.time() if now is None else now
+        keys_ = [redis_keys.job(job_id), redis_keys.job_events(job_id)]
+        reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s)])
+        state = reply[0]
+        if state == "finished":
+            return Claim(state=state, detail=reply[1], callback_status=reply[2])
+        if state != "claimed":
+            return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
+        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream = reply
+        return Claim(
+            state="claimed",
+            attempt=int(attempt),
+            key_token=key_token,
+            request=request,
+            stream=stream == "1",
+            environment=environment,
+            max_attempts=int(max_attempts),
+            model=model,
+            callback_status=callback_status,
+            app_id=app_id,
+            started_at=now,
+        )
+
+    def transition(
+        self,
+        job_id: str,
+        to_status: str,
+        allowed_from: tuple[str, ...],
+        event: str,
+        *,
+        attempt: dict[str, Any] | None = None,
+        now: float | None = None,
+        **fields: str,
+    ) -> tuple[bool, str]:
+        """Move a job forward if its status allows; (done, status it has now)."""
+        now = time.time() if now is None else now
+        pairs = [item for pair in fields.items() for item in pair]
+        reply = self._run(
+            self._transition,
+            [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS],
+            [
+                to_status,
+                _csv(allowed_from),
+                repr(now),
+                event,
+                dumps(attempt) if attempt else "",
+                "1" if to_status in TERMINAL else "0",
+                job_id,
+                self.ttl_s,
+                *pairs,
+            ],
+        )
+        return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
+
+    def retry_later(self, job_id: str, attempt: dict[str, Any], delay_s: float) -> bool:
+        now = time.time()
+        event = state_event("retrying", now, attempt=attempt["n"], retry_in_s=delay_s, reason=attempt["outcome"])
+        done, _ = self.transition(
+            job_id, "retrying", ("running",), event, attempt=attempt, now=now,
+            next_attempt_at=repr(now + delay_s),
+        )
+        return done
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        attempt: dict[str, Any] | None,
+        *,
+        result_json: str | None = None,
+        error: dict[str, Any] | None = None,
+        allowed_from: tuple[str, ...] = ("running",),
+    ) -> bool:
+        now = time.time()
+        fields = {}
+        if result_json is not None:
+            fields["result"] = result_json
+        if error is not None:
+            fields["error"] = dumps(error)
+        event = state_event(status, now, **({"error": error} if error else {}))
+        done, _ = self.transition(job_id, status, allowed_from, event, attempt=attempt, now=now, **fields)
+        return done
+
+    def fail_unfinished(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Give up on a job from any unfinished state (the sweeper's last word)."""
+        return self.finish(job_id, "failed", None, error=error, allowed_from=UNFINISHED)
+
+    def append_deltas(self, job_id: str, attempt: int, deltas: list[Delta]) -> None:
+        """Content deltas of a streaming call, for live listeners."""
+        pipe = self.redis.pipeline(transaction=False)
+        for delta in deltas:
+            payload = {"type": "delta", "attempt": attempt, "index": delta.choice_index}
+            if delta.content is not None:
+                payload["content"] = delta.content
+            if delta.reasoning_content is not None:
+                payload["reasoning_content"] = delta.reasoning_content
+            if delta.tool_call_fragments is not None:
+                payload["tool_calls"] = delta.tool_call_fragments
+            if delta.finish_reason is not None:
+                payload["finish_reason"] = delta.finish_reason
+            pipe.xadd(redis_keys.job_events(job_id), {"e": dumps(payload)}, maxlen=redis_keys.EVENTS_MAXLEN,
+                      approximate=True)
+        pipe.execute()
+
+    def claim_delivery(self, job_id: str, now: float, lease_s: float) -> tuple[str, str]:
+        """('claimed', attempts made so far) | ('not_due', next_at) | ('none', callback status)."""
+        state, detail = self._run(self._claim_delivery, [redis_keys.job(job_id)], [repr(now), repr(now + lease_s)])
+        return state, detail
+
+    def update_callback(
+        self, job_id: str, allowed: tuple[str, ...], delivery: dict[str, Any] | None = None, **fields: str
+    ) -> str | None:
+        """Change the callback's bookkeeping if its status is one of `allowed`; the status it had, or None."""
+        pairs = [item for pair in fields.items() for item in pair]
+        args = [_csv(allowed), dumps(delivery) if delivery else "", *pairs]
+        reply = self._run(self._update_callback, [redis_keys.job(job_id)], args)
+        return reply or None
+
+    def fields(self, job_id: str) -> dict[str, str]:
+        """The raw record ({} once it has expired)."""
+        return cast(dict[str, str], self.redis.hgetall(redis_keys.job(job_id)))
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        fields = self.fields(job_id)
+        return public_view(fields) if fields else None

@@ -1,0 +1,105 @@
+"""Errors raised while calling the proxy, in one tree.
+
+    UpstreamError                 anything that went wrong talking to the proxy
+    ├── UpstreamStatusError       the proxy answered with a non-2xx status
+    ├── UpstreamConnectionError   no answer: refused, reset, protocol error
+    │   └── UpstreamTimeout       no answer in time
+    ├── InvalidCompletion         a 2xx that is not a chat completion
+    └── StreamIncomplete          a stream that ended before its finish
+
+Third-party errors (httpx2, json) are translated into these at the boundary in
+`llmq.worker.proxy.client`, raised `from` the original. Whether an error is worth another
+attempt is decided in one place: `llmq.worker.proxy.retry_policy`.
+"""
+
+from __future__ import annotations
+
+import json
+
+BODY_EXCERPT_CHARS = 500
+
+
+def excerpt(text: str | bytes | None, limit: int = BODY_EXCERPT_CHARS) -> str | None:
+    """The first `limit` characters of a body, for error reports."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def proxy_error_message(body: bytes) -> str | None:
+    """The proxy's own explanation, from OpenAI-style or platform-style error bodies."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    for name in ("msg", "message", "detail"):
+        if data.get(name):
+            return str(data[name])
+    return None
+
+
+class UpstreamError(Exception):
+    """Anything that went wrong talking to the proxy."""
+
+    kind = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str | bytes | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.body_excerpt = excerpt(body)
+        self.retry_after_s = retry_after_s
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": self.kind,
+            "message": self.message,
+            "status_code": self.status_code,
+            "body_excerpt": self.body_excerpt,
+        }
+
+
+class UpstreamStatusError(UpstreamError):
+    """The proxy answered with a non-2xx status."""
+
+    kind = "http_status"
+
+
+class UpstreamConnectionError(UpstreamError):
+    """No answer from the proxy: connection refused, reset, or a protocol error."""
+
+    kind = "connection_error"
+
+
+class UpstreamTimeout(UpstreamConnectionError):
+    """The proxy did not answer within the configured timeout."""
+
+    kind = "timeout"
+
+
+class InvalidCompletion(UpstreamError):
+    """A 2xx answer that is not a chat completion (not JSON, no choices, an error object)."""
+
+    kind = "invalid_completion"
+
+
+class StreamIncomplete(UpstreamError):
+    """A streamed answer that ended before `[DONE]` or before a finish reason."""
+
+    kind = "stream_incomplete"
