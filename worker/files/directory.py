@@ -40,7 +40,7 @@ def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            return temp, os.fdopen(fd, "wb", buffering=0)
+            return temp, os.fdopen(fd, "wb")  # buffered: its write() writes everything, unlike a raw one
         except FileNotFoundError:  # a delete pruned the folder just made empty: make it again
             if attempt == 2:
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,17 +212,21 @@ def test_sweep_removes_what_a_crash_mid_commit_left(make_backend: MakeBackend) -
     "", "../etc/passwd", "/abs", "a//b", ".hidden", "a/.tmp", "with space", "a/../b", "x" * 600, "a\\b", "é",
     "trailing/",
 ])
-def test_names_llmq_does_not_make_are_refused_before_any_io(make_backend: MakeBackend, name: str) -> None:
-    async def scenario(store: FileStore) -> list[str]:
+def test_names_llmq_does_not_make_are_refused_before_any_io(tmp_path: Path, name: str) -> None:
+    backend = DirectoryBackend(tmp_path / "files")  # the check comes before the backend, whichever it is
+
+    async def scenario(store: FileStore) -> None:
         with pytest.raises(InvalidName):
             store.writer(name)
         with pytest.raises(InvalidName):
             await store.stat(name)
         with pytest.raises(InvalidName):
             await read(store, name)
-        return await everything_stored(store.backend)
+        with pytest.raises(InvalidName):
+            await store.delete(name)
 
-    assert run(make_backend, scenario) == []
+    run(lambda: backend, scenario)
+    assert not backend.root.exists()
 
 
 def test_new_file_ids_are_valid_names_and_distinct() -> None:
@@ -230,3 +235,16 @@ def test_new_file_ids_are_valid_names_and_distinct() -> None:
     for file_id in ids:
         assert file_id.startswith("file-") and len(file_id) == 29
         FileStore(DirectoryBackend("/nonexistent")).writer(file_id)  # checked, not opened
+
+
+def test_the_machines_aws_settings_do_not_reach_the_tests(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmq.devstack.s3_server import clean_aws_environment
+
+    assert s3_server.endpoint_url.startswith("http://127.0.0.1:")  # an IP literal: nothing is resolved
+    monkeypatch.setenv("AWS_PROFILE", "a-profile-of-this-machine")  # botocore would fail to find it
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-of-this-machine")
+    monkeypatch.setenv("HTTPS_PROXY", "http://192.0.2.1:3128")
+    with clean_aws_environment():
+        assert not {"AWS_PROFILE", "AWS_ACCESS_KEY_ID", "HTTPS_PROXY"} & set(os.environ)
+        assert os.environ["AWS_CONFIG_FILE"] == os.devnull
+    assert os.environ["AWS_PROFILE"] == "a-profile-of-this-machine"  # and the environment is restored
