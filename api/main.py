@@ -14,6 +14,7 @@ from llmq.api.body_limit import BodyLimitMiddleware
 from llmq.api.errors import install_error_handlers
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.routes import batch, events, health, jobs, metrics
+from llmq.api.uploads import FILES_PATH, upload_body_limit
 from llmq.worker.celery_app import app as celery_app
 from llmq.worker.observability.logs import configure_logging
 from llmq.worker.runtime.gc_tuning import freeze_startup_objects
@@ -67,7 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, route_limits={
+        # The upload route counts its own bytes and answers first; this is the backstop.
+        FILES_PATH: (upload_body_limit(settings.files_max_upload_bytes), "LLMQ_FILES_MAX_UPLOAD_BYTES"),
+    })
     install_error_handlers(app)
     # The routes themselves, not `include_router`: FastAPI wraps an included router in a route that
     # matches the request against the router's routes and then again to handle it, about a tenth of a

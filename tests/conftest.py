@@ -15,6 +15,7 @@ os.environ.setdefault("LLMQ_DEV_MODE", "1")
 
 from llmq.devstack.processes import ManagedProcess, flower_process, mock_process
 from llmq.devstack.redis_server import RedisServer, free_port
+from llmq.devstack.s3_server import S3Server
 from tests.brokers import BROKERS, rabbitmq_vhost
 from tests.flower import FLOWER_AUTH
 from tests.stack import MockProxy, Stack
@@ -29,6 +30,13 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def s3_server(log_dir: Path) -> Iterator[S3Server]:
+    """An S3-compatible server (moto) on loopback; each test makes a bucket of its own."""
+    with S3Server(log_dir / "s3.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

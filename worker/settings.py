@@ -127,10 +127,42 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    # File store: the bytes of the OpenAI Files and Batch API (uploads, batch output), shared by every API
+    # process and worker. A directory by default; an S3-compatible bucket when several hosts need it.
+    files_dir: str = Field(".llmq/files", description="Directory of the file store when no bucket is set.")
+    files_s3_url: str | None = Field(None, description="s3://BUCKET/PREFIX: keep files in this bucket instead.")
+    files_s3_endpoint_url: str | None = Field(None, description="An S3-compatible server's URL (none: AWS).")
+    files_s3_region: str | None = None
+    files_s3_access_key_id: str | None = Field(None, description="None: the usual AWS credential chain.")
+    files_s3_secret_access_key: SecretStr | None = None
+    files_s3_part_bytes: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size: memory held per upload."
+    )
+    files_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
+
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:
         return _check_http_url(value)
+
+    @field_validator("files_s3_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value:
+            from llmq.worker.files.s3 import parse_s3_url
+
+            parse_s3_url(value)
+        return value
+
+    @field_validator("files_s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL like https://s3.example.internal:9000, got {value!r}")
+        return value.rstrip("/")
 
     @field_validator("webhook_secret")
     @classmethod
@@ -194,6 +226,8 @@ class Settings(BaseSettings):
             value = self.secret.get_secret_value()
             if len(value) < MIN_SECRET_CHARS or value.lower() in PLACEHOLDER_SECRETS:
                 raise ValueError(f"LLMQ_SECRET must be a random string of {MIN_SECRET_CHARS}+ characters")
+        if (self.files_s3_access_key_id is None) != (self.files_s3_secret_access_key is None):
+            raise ValueError("set both LLMQ_FILES_S3_ACCESS_KEY_ID and LLMQ_FILES_S3_SECRET_ACCESS_KEY, or neither")
         if self.default_max_attempts > self.max_attempts_limit:
             raise ValueError("LLMQ_DEFAULT_MAX_ATTEMPTS must not exceed LLMQ_MAX_ATTEMPTS_LIMIT")
         longest_hold = self.read_timeout_s + max(self.retry_max_delay_s, self.retry_after_cap_s)

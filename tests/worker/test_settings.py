@@ -38,6 +38,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
         ({"LLMQ_VISIBILITY_TIMEOUT_S": "60"}, "LLMQ_VISIBILITY_TIMEOUT_S (60) must exceed"),
         ({"LLMQ_DEFAULT_MAX_ATTEMPTS": "20"}, "LLMQ_DEFAULT_MAX_ATTEMPTS must not exceed"),
         ({"LLMQ_WORKER_POOL": "prefork"}, "LLMQ_WORKER_POOL: Input should be 'asyncio' or 'threads'"),
+        ({"LLMQ_FILES_S3_URL": "bucket/prefix"}, "LLMQ_FILES_S3_URL: must look like s3://BUCKET/PREFIX"),
+        ({"LLMQ_FILES_S3_URL": "s3:///prefix"}, "LLMQ_FILES_S3_URL: must look like s3://BUCKET/PREFIX"),
+        ({"LLMQ_FILES_S3_ENDPOINT_URL": "127.0.0.1:9000"}, "LLMQ_FILES_S3_ENDPOINT_URL: must be an http(s) URL"),
+        ({"LLMQ_FILES_S3_ACCESS_KEY_ID": "id"}, "set both LLMQ_FILES_S3_ACCESS_KEY_ID and"),
+        ({"LLMQ_FILES_S3_PART_BYTES": "1048576"}, "LLMQ_FILES_S3_PART_BYTES: Input should be greater than or equal"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_variable(
@@ -81,3 +86,18 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert settings.server_secret == "from-the-dotenv-file-123"
     assert settings.result_ttl_s == 600
     assert settings.effective_broker_url == settings.redis_url
+
+
+def test_file_store_follows_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from llmq.worker.files.directory import DirectoryBackend
+    from llmq.worker.files.s3 import S3Backend
+    from llmq.worker.files.store import open_store
+
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LLMQ_FILES_DIR", str(tmp_path / "files"))
+    backend = open_store(load_settings()).backend
+    assert isinstance(backend, DirectoryBackend) and backend.root == tmp_path / "files"
+    monkeypatch.setenv("LLMQ_FILES_S3_URL", "s3://llmq-files/prod/files/")
+    backend = open_store(load_settings()).backend
+    assert isinstance(backend, S3Backend) and (backend.bucket, backend.prefix) == ("llmq-files", "prod/files/")

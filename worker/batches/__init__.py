@@ -1,0 +1,1 @@
+"""OpenAI Batch API batches: what a batch input file must hold (`input_lines`)."""
