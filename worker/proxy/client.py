@@ -33,9 +33,10 @@ from llmq.worker.proxy.errors import (
     transport_error,
 )
 from llmq.worker.proxy.retry_policy import parse_retry_after
-from llmq.worker.proxy.streaming import CompletionAssembler, Delta, SseDataParser
+from llmq.worker.proxy.streaming import CompletionAssembler, Delta
 from llmq.worker.runtime import asyncio_network
 from llmq.worker.settings import Settings
+from llmq.worker.sse import MEDIA_TYPE, SseEvent, SseParser, is_event_stream
 
 DeltaSink = Callable[[list[Delta]], None]
 
@@ -111,15 +112,15 @@ class UpstreamClient:
     async def stream(self, base_url: str, key: str, request: bytes, on_delta: DeltaSink) -> Completion:
         """One streaming call; deltas go to `on_delta` as they come, the assembled completion is returned."""
         async with self._send(base_url, key, request, stream=True) as response:
-            if "text/event-stream" not in response.headers.get("content-type", ""):
+            if not is_event_stream(response.headers.get("content-type")):
                 # The proxy may ignore `stream` and answer in one piece.
                 return check_completion(await response.aread())
             assembler = CompletionAssembler()
-            parser = SseDataParser()
+            parser = SseParser()
 
-            def take(events: list[str]) -> None:
-                for data in events:
-                    deltas = assembler.feed_data(data)
+            def take(events: list[SseEvent]) -> None:
+                for event in events:
+                    deltas = assembler.feed_data(event.data)
                     if deltas:
                         on_delta(deltas)
 
@@ -138,7 +139,7 @@ class UpstreamClient:
         headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept": MEDIA_TYPE if stream else "application/json",
             "Accept-Encoding": "gzip, deflate",
             "User-Agent": USER_AGENT,
         }
