@@ -15,7 +15,7 @@ no stream at all: three commands fewer per job.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from llmq.worker import redis_keys
 from llmq.worker.jobs.record import TERMINAL
@@ -193,9 +193,8 @@ SUBMIT, CLAIM, TRANSITION = (
 # so the worker's store (synchronous) and the API's (asyncio) cannot drift apart.
 
 
-@dataclass(frozen=True)
-class ScriptCall:
-    """The KEYS and ARGV of one script call."""
+class ScriptCall(NamedTuple):
+    """The KEYS and ARGV of one script call (a tuple: one is made per transition of every job)."""
 
     keys: list[str]
     args: list[str | int]
