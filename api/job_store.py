@@ -89,20 +89,17 @@ class AsyncJobStore:
 
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         now = time.time()
-        reply = await self._transition(
-            keys=[redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS],
-            args=["cancelled", "," + ",".join(UNFINISHED) + ",", repr(now), state_event("cancelled", now),
-                  "", "1", job_id, self.ttl_s],
-        )
+        call = job_scripts.transition_call(job_id, "cancelled", UNFINISHED, now, state_event("cancelled", now),
+                                           self.ttl_s)
+        reply = await self._transition(keys=call.keys, args=call.args)
         return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
 
     async def reopen_callback(self, job_id: str) -> bool:
         """A failed (or gone) delivery starts over from its first attempt."""
-        previous = await self._update_callback(
-            keys=[redis_keys.job(job_id)],
-            args=[",failed,gone,", "", "callback_status", "pending", "callback_attempts", "0", "callback_next_at", "0",
-                  "callback_lease_until", "0"],
-        )
+        call = job_scripts.update_callback_call(job_id, ("failed", "gone"), fields={
+            "callback_status": "pending", "callback_attempts": "0", "callback_next_at": "0",
+            "callback_lease_until": "0"})
+        previous = await self._update_callback(keys=call.keys, args=call.args)
         return bool(previous)
 
     async def watch(self, job_id: str, owner: str) -> tuple[dict[str, str], str]:

@@ -9,21 +9,30 @@ a private Redis and the mock proxy, and prints per tree:
 - the worker's instructions per job (N jobs through the real API at L ms, C slots);
 - the API's instructions per `GET /healthz` and per `POST /v1/jobs`, and their ratio;
 
-for the baseline (a git ref, checked out into a temporary worktree) and for this tree, with this / baseline.
+for the baseline (a git ref, exported into a temporary directory) and for this tree, with this / baseline.
 The counts leave out the kernel (system calls) and waiting, so they measure the Python-level work, not the
 rates `python -m llmq.bench` reports. The baseline runs with this tree's virtualenv.
+
+Either tree may have either layout: the one before `llmq.…` (top-level `api`, `worker`: run with the tree on
+PYTHONPATH) or the packaged one (`llmq.api` from `api/` by pyproject's package-dir: run from a directory of
+`llmq/<name>` links to the tree's folders, ahead of the virtualenv's editable install). Before counting, a
+probe process says which file it imports the worker from; a tree that would not be the one measured stops it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +48,71 @@ START_TIMEOUT_S = 300  # a Python process starts about ten times slower under va
 LOAD_CONNECTIONS = 16
 
 
+@dataclass(frozen=True)
+class Tree:
+    """A source tree to measure, and how its processes import it."""
+
+    source: Path
+    import_root: Path  # on PYTHONPATH, and the working directory (Celery puts that first on sys.path)
+    packaged: bool  # imports as `llmq.…`; else as top-level `api`, `worker`, ...
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def command(self, args: list[str]) -> list[str]:
+        """The dev stack's command line (written for `llmq.…`) for this tree's layout."""
+        return args if self.packaged else [arg.removeprefix("llmq.") for arg in args]
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, "PYTHONPATH": str(self.import_root)}
+
+    def check_imports(self, env: dict[str, str]) -> None:
+        """Stop unless a process started as the measured ones imports the worker from `source`."""
+        module = "llmq.worker.job_runner" if self.packaged else "worker.job_runner"
+        probe = subprocess.run([sys.executable, "-c", f"import {module} as m; print(m.__file__)"],
+                               env=self.env(env), cwd=self.import_root, capture_output=True, text=True)
+        imported = Path(probe.stdout.strip()).resolve() if probe.returncode == 0 else None
+        if imported is None or not imported.is_relative_to(self.source.resolve()):
+            raise RuntimeError(f"{module} for {self.source} comes from {imported or probe.stderr.strip()[-300:]}, "
+                               "not from the tree to measure")
+
+
+def import_tree(source: Path, scratch: Path) -> Tree:
+    """How to run `source`: as it is (the layout before `llmq.…`), or through `llmq/<name>` links to its folders."""
+    pyproject = tomllib.loads((source / "pyproject.toml").read_text())
+    package_dir: dict[str, str] = pyproject.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    mapped = {name.removeprefix("llmq."): folder for name, folder in package_dir.items() if name.startswith("llmq.")}
+    if not mapped:
+        return Tree(source, source, packaged=False)
+    root = scratch / f"import-{source.name}"
+    (root / "llmq").mkdir(parents=True)
+    # A regular package here, found on PYTHONPATH before the editable install's finder is asked.
+    (root / "llmq" / "__init__.py").write_text("")
+    for name, folder in mapped.items():
+        (root / "llmq" / name).symlink_to((source / folder).resolve(), target_is_directory=True)
+    return Tree(source, root, packaged=True)
+
+
+def export(ref: str, into: Path) -> Path:
+    """The files of `ref` in `into`, without a worktree (nothing is added to the repository's metadata)."""
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, check=True, capture_output=True)
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
 class Counted:
     """A process as the dev stack starts it, run from `tree` under callgrind, counting only during `count`."""
 
-    def __init__(self, process: ManagedProcess, tree: Path) -> None:
+    def __init__(self, process: ManagedProcess, tree: Tree) -> None:
         self.out = Path(tempfile.mkdtemp(prefix="llmq-callgrind-")) / "callgrind.out"
-        args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}", *process.args]
-        # Celery puts its working directory first on sys.path: it must be the tree measured.
-        self.process = ManagedProcess(process.name, args, {**process.env, "PYTHONPATH": str(tree)}, process.log_path,
-                                      cwd=tree)
+        args = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}",
+                *tree.command(process.args)]
+        tree.check_imports(process.env)
+        self.process = ManagedProcess(process.name, args, tree.env(process.env), process.log_path,
+                                      cwd=tree.import_root)
         self._dumps = 0
 
     def _control(self, *args: str) -> None:
@@ -81,7 +146,7 @@ def _load(url: str, method: str, body: str | None, n: int, ok: int) -> None:
         raise RuntimeError(f"{method} {url}: {n - result['ok']} of {n} failed: {result['statuses']}")
 
 
-def count_worker(tree: Path, jobs: int, latency_ms: int, concurrency: int) -> float:
+def count_worker(tree: Tree, jobs: int, latency_ms: int, concurrency: int) -> float:
     with BenchStack(f"instructions-worker-{tree.name}", concurrency) as stack:
         stack.start_mock(latency_ms)
         stack.start_api()
@@ -102,7 +167,7 @@ def count_worker(tree: Path, jobs: int, latency_ms: int, concurrency: int) -> fl
             worker.cleanup()
 
 
-def count_api(tree: Path, requests: int) -> dict[str, float]:
+def count_api(tree: Tree, requests: int) -> dict[str, float]:
     body = json.dumps(job_body(0))
     with BenchStack(f"instructions-api-{tree.name}") as stack:
         port = free_port()
@@ -120,10 +185,10 @@ def count_api(tree: Path, requests: int) -> dict[str, float]:
             api.cleanup()
 
 
-def measure(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
-    print(f"bench.instructions: {tree}: worker, {args.jobs} jobs", file=sys.stderr, flush=True)
+def measure(tree: Tree, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"bench.instructions: {tree.source}: worker, {args.jobs} jobs", file=sys.stderr, flush=True)
     worker = count_worker(tree, args.jobs, args.latency_ms, args.concurrency)
-    print(f"bench.instructions: {tree}: API, {args.requests} requests each", file=sys.stderr, flush=True)
+    print(f"bench.instructions: {tree.source}: API, {args.requests} requests each", file=sys.stderr, flush=True)
     return {"worker_per_job": worker, **count_api(tree, args.requests)}
 
 
@@ -156,15 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     commit = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout.strip()
-    worktree = Path(tempfile.mkdtemp(prefix="llmq-baseline-")) / commit
-    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=ROOT, check=True,
-                   capture_output=True)
+    scratch = Path(tempfile.mkdtemp(prefix="llmq-baseline-"))
     try:
-        baseline = measure(worktree, args)
-        current = measure(ROOT, args)
+        baseline = measure(import_tree(export(commit, scratch / commit), scratch), args)
+        current = measure(import_tree(ROOT, scratch), args)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
-        shutil.rmtree(worktree.parent, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     print_table(f"{args.baseline} ({commit})", baseline, current, args)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "instructions.json").write_text(json.dumps(

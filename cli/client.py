@@ -14,6 +14,7 @@ import httpx2
 from llmq.cli import __version__
 from llmq.cli.errors import TERMINAL, ApiError, CliError, ExitCode
 from llmq.cli.network import describe
+from llmq.worker.sse import is_event_stream
 
 MAX_WAIT_S = 60  # the API's longest ?wait
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -92,6 +93,12 @@ class ApiClient:
                 if response.status_code != 200:
                     response.read()
                     raise self._api_error(response)
+                content_type = response.headers.get("content-type")
+                if not is_event_stream(content_type):
+                    # Something between us and the API (a login page, a gateway) answered in its place.
+                    raise CliError(f"{self.base_url} answered with {content_type or 'no content type'!r}, not an "
+                                   "event stream: is it the llmq API? (check --api / LLMQ_API_URL)",
+                                   ExitCode.UNREACHABLE)
                 yield response.iter_lines()
         except httpx2.TransportError as err:
             raise self._unreachable(err) from err

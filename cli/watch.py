@@ -11,7 +11,7 @@ from llmq.cli.client import ApiClient
 from llmq.cli.context import Context
 from llmq.cli.errors import TERMINAL, CliError, ExitCode, exit_for_status
 from llmq.cli.output import Output
-from llmq.cli.sse import frames
+from llmq.worker.sse import iter_events
 
 # A connection that lasted this long was healthy even without events (the server ends each one
 # after a while and expects a resume); only quick failures count against the reconnect budget.
@@ -101,11 +101,14 @@ def follow(client: ApiClient, job_id: str, follower: Follower, max_reconnects: i
         got_event = False
         try:
             with client.events(job_id, last_id) as lines:
-                for frame in frames(lines):
-                    if frame.id:
-                        last_id = frame.id
+                for event in iter_events(lines):
+                    data = _parse(event.data)
+                    if not data:
+                        continue  # e.g. the half of an event a dropped connection left: it comes again on resume
+                    if event.id:
+                        last_id = event.id
                     got_event = True
-                    final = follower.handle(frame.event, _parse(frame.data))
+                    final = follower.handle(event.event, data)
                     if final:
                         return final
             reason = "the stream ended before the job did"

@@ -1,4 +1,13 @@
-"""/v1/jobs/{id}/events: a job's live event stream (server-sent events)."""
+"""/v1/jobs/{id}/events: a job's live event stream (server-sent events).
+
+Served by hand, over Starlette's `StreamingResponse`, rather than by sse-starlette's `EventSourceResponse`. That
+library writes ids, event types and keep-alive comments as this does, but the rest of what this route needs is
+its own either way: resuming after a Last-Event-ID from the record's history and then the Redis stream, and
+ending at the job's last event. What it adds costs on every connection: an anyio task group with a ping timer
+and a task listening for the disconnect, where here the keep-alive is the blocking read's own timeout (one
+comment per `BLOCK_MS` of silence) and the disconnect is checked once per read. Events are written by
+`llmq.worker.sse.format_event`, the one writer, beside the one parser that `llmq watch` reads them with.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ from llmq.api.job_store import AsyncJobStore
 from llmq.api.routes.jobs import check_id, check_owner
 from llmq.api.schemas import ErrorResponse
 from llmq.worker.jobs.record import TERMINAL, dumps, is_terminal_event
+from llmq.worker.sse import KEEP_ALIVE, MEDIA_TYPE, format_event
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -27,7 +37,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 BLOCK_MS = 15_000
 # A connection is bounded even though the job lives for days; the client resumes with Last-Event-ID.
 MAX_CONNECTION_S = 600.0
-KEEP_ALIVE = ": keep-alive\n\n"
 STREAM_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _U64_MAX = 2**64 - 1
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
@@ -36,7 +45,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for co
 class EventStreamResponse(StreamingResponse):
     """A streamed `text/event-stream` body (also what /docs shows for this route)."""
 
-    media_type = "text/event-stream"
+    media_type = MEDIA_TYPE
 
 
 def parse_event_id(raw: str | None) -> str | None:
@@ -51,9 +60,8 @@ def parse_event_id(raw: str | None) -> str | None:
 
 
 def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
-    """One SSE frame; compact JSON has no raw newline, so `data` is a single line."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event.get('type', 'state')}\ndata: {dumps(event)}\n\n"
+    """One event of a job, its type named for EventSource listeners."""
+    return format_event(dumps(event), event.get("type", "state"), event_id)
 
 
 async def event_frames(

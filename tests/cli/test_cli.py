@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,30 @@ def test_watch_shows_the_answer_of_a_job_that_was_not_streamed(llmq: Run, model:
     result = llmq("watch", job_id)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Echo: plain\n" and "[succeeded]" in result.stderr
+
+
+def test_watch_says_so_when_the_answer_is_not_an_event_stream() -> None:
+    """Something in the API's place (a gateway's login page) answers 200 with HTML: a clear error, not a hang."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>Please sign in</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_cli("watch", "job_" + "a" * 22, "--max-reconnects", "0",
+                         api=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 5
+    assert "answered with 'text/html; charset=utf-8', not an event stream" in result.stderr

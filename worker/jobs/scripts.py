@@ -12,6 +12,13 @@ every attempt is in it, with its start, outcome and retry delay. A job nobody fo
 no stream at all: three commands fewer per job.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from llmq.worker import redis_keys
+from llmq.worker.jobs.record import TERMINAL
 from llmq.worker.redis_keys import EVENTS_MAXLEN
 
 # Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
@@ -180,3 +187,51 @@ return {'claimed', f[5] or '0'}
 SUBMIT, CLAIM, TRANSITION = (
     script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)) for script in (SUBMIT, CLAIM, TRANSITION)
 )
+
+
+# The arguments of the scripts that both job stores run: built here only, next to the scripts that read them,
+# so the worker's store (synchronous) and the API's (asyncio) cannot drift apart.
+
+
+class ScriptCall(NamedTuple):
+    """The KEYS and ARGV of one script call (a tuple: one is made per transition of every job)."""
+
+    keys: list[str]
+    args: list[str | int]
+
+
+def status_set(statuses: Iterable[str]) -> str:
+    """Statuses as the scripts match them: ',a,b,'."""
+    return "," + ",".join(statuses) + ","
+
+
+def transition_call(
+    job_id: str,
+    to_status: str,
+    allowed_from: Iterable[str],
+    now: float,
+    event_json: str,
+    ttl_s: int,
+    attempt_json: str = "",
+    fields: dict[str, str] | None = None,
+) -> ScriptCall:
+    """TRANSITION: move `job_id` to `to_status` if it is in `allowed_from`, appending `attempt_json` (if any)."""
+    args: list[str | int] = [
+        to_status, status_set(allowed_from), repr(now), event_json, attempt_json,
+        "1" if to_status in TERMINAL else "0", job_id, ttl_s,
+    ]
+    if fields:
+        for pair in fields.items():
+            args += pair
+    return ScriptCall([redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS], args)
+
+
+def update_callback_call(
+    job_id: str, allowed: Iterable[str], delivery_json: str = "", fields: dict[str, str] | None = None
+) -> ScriptCall:
+    """UPDATE_CALLBACK: change the callback's fields if its status is in `allowed`, appending `delivery_json`."""
+    args: list[str | int] = [status_set(allowed), delivery_json]
+    if fields:
+        for pair in fields.items():
+            args += pair
+    return ScriptCall([redis_keys.job(job_id)], args)

@@ -11,7 +11,7 @@ from redis.commands.core import Script
 
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
-from llmq.worker.jobs.record import TERMINAL, UNFINISHED, dumps, public_view, state_event
+from llmq.worker.jobs.record import UNFINISHED, dumps, public_view, state_event
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.held_connection import HeldConnections
 
@@ -32,10 +32,6 @@ class Claim:
     app_id: str = ""
     detail: str = ""
     started_at: float = 0.0  # the claim's time: the attempt's start, as the record and its events tell it
-
-
-def _csv(statuses: tuple[str, ...] | frozenset[str]) -> str:
-    return "," + ",".join(statuses) + ","
 
 
 class JobStore:
@@ -92,22 +88,10 @@ class JobStore:
     ) -> tuple[bool, str]:
         """Move a job forward if its status allows; (done, status it has now)."""
         now = time.time() if now is None else now
-        pairs = [item for pair in fields.items() for item in pair]
-        reply = self._run(
-            self._transition,
-            [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS],
-            [
-                to_status,
-                _csv(allowed_from),
-                repr(now),
-                event,
-                dumps(attempt) if attempt else "",
-                "1" if to_status in TERMINAL else "0",
-                job_id,
-                self.ttl_s,
-                *pairs,
-            ],
+        call = job_scripts.transition_call(
+            job_id, to_status, allowed_from, now, event, self.ttl_s, dumps(attempt) if attempt else "", fields
         )
+        reply = self._run(self._transition, call.keys, call.args)
         return reply[0] == "ok", reply[1] if len(reply) > 1 else "missing"
 
     def retry_later(self, job_id: str, attempt: dict[str, Any], delay_s: float) -> bool:
@@ -169,9 +153,8 @@ class JobStore:
         self, job_id: str, allowed: tuple[str, ...], delivery: dict[str, Any] | None = None, **fields: str
     ) -> str | None:
         """Change the callback's bookkeeping if its status is one of `allowed`; the status it had, or None."""
-        pairs = [item for pair in fields.items() for item in pair]
-        args = [_csv(allowed), dumps(delivery) if delivery else "", *pairs]
-        reply = self._run(self._update_callback, [redis_keys.job(job_id)], args)
+        call = job_scripts.update_callback_call(job_id, allowed, dumps(delivery) if delivery else "", fields)
+        reply = self._run(self._update_callback, call.keys, call.args)
         return reply or None
 
     def fields(self, job_id: str) -> dict[str, str]:

@@ -25,17 +25,18 @@ import httpx2
 
 from llmq.worker.jobs.record import dumps
 from llmq.worker.proxy.errors import (
+    TRANSPORT_ERRORS,
     InvalidCompletion,
-    UpstreamConnectionError,
     UpstreamError,
     UpstreamStatusError,
-    UpstreamTimeout,
     proxy_error_message,
+    transport_error,
 )
 from llmq.worker.proxy.retry_policy import parse_retry_after
-from llmq.worker.proxy.streaming import CompletionAssembler, Delta, SseDataParser
+from llmq.worker.proxy.streaming import CompletionAssembler, Delta
 from llmq.worker.runtime import asyncio_network
 from llmq.worker.settings import Settings
+from llmq.worker.sse import MEDIA_TYPE, SseEvent, SseParser, is_event_stream
 
 DeltaSink = Callable[[list[Delta]], None]
 
@@ -76,19 +77,24 @@ USER_AGENT = f"llmq python-httpx2/{httpx2.__version__}"
 
 
 class _Pool:
-    def __init__(self, transport: httpx2.AsyncHTTPTransport) -> None:
+    def __init__(self, transport: httpx2.AsyncBaseTransport) -> None:
         self.transport = transport
         self.in_flight = 0
 
 
 class UpstreamClient:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, transport: httpx2.AsyncBaseTransport | None = None) -> None:
+        """`transport` replaces the pools with one transport of the caller's (tests: `httpx2.MockTransport`)."""
         self._timeout = httpx2.Timeout(
             connect=settings.connect_timeout_s,
             read=settings.read_timeout_s,
             write=settings.connect_timeout_s,
             pool=settings.connect_timeout_s,
         ).as_dict()
+        self._urls: dict[str, httpx2.URL] = {}  # parsed once per base URL: httpx2 parses text on every request
+        if transport is not None:
+            self._pools = [_Pool(transport)]
+            return
         size = min(CONNECTIONS_PER_POOL, settings.worker_concurrency)
         count = -(-settings.worker_concurrency // size)
         limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
@@ -97,8 +103,6 @@ class UpstreamClient:
         tls = httpx2.create_ssl_context()
         # Socket I/O on the loop's own transports rather than anyio's streams: 16 % less worker CPU per job.
         self._pools = [_Pool(asyncio_network.http_transport(tls, limits)) for _ in range(count)]
-        # Parsed once per base URL: httpx2 parses a URL given as text on every request (24 µs).
-        self._urls: dict[str, httpx2.URL] = {}
 
     async def complete(self, base_url: str, key: str, request: bytes) -> Completion:
         """One non-streaming call of `request` (the chat body as JSON); the ChatCompletion as the proxy sent it."""
@@ -108,15 +112,15 @@ class UpstreamClient:
     async def stream(self, base_url: str, key: str, request: bytes, on_delta: DeltaSink) -> Completion:
         """One streaming call; deltas go to `on_delta` as they come, the assembled completion is returned."""
         async with self._send(base_url, key, request, stream=True) as response:
-            if "text/event-stream" not in response.headers.get("content-type", ""):
+            if not is_event_stream(response.headers.get("content-type")):
                 # The proxy may ignore `stream` and answer in one piece.
                 return check_completion(await response.aread())
             assembler = CompletionAssembler()
-            parser = SseDataParser()
+            parser = SseParser()
 
-            def take(events: list[str]) -> None:
-                for data in events:
-                    deltas = assembler.feed_data(data)
+            def take(events: list[SseEvent]) -> None:
+                for event in events:
+                    deltas = assembler.feed_data(event.data)
                     if deltas:
                         on_delta(deltas)
 
@@ -135,7 +139,7 @@ class UpstreamClient:
         headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept": MEDIA_TYPE if stream else "application/json",
             "Accept-Encoding": "gzip, deflate",
             "User-Agent": USER_AGENT,
         }
@@ -161,12 +165,8 @@ class UpstreamClient:
                 yield resp
             finally:
                 await resp.aclose()
-        except httpx2.TimeoutException as err:
-            raise UpstreamTimeout(f"no answer from the proxy in time ({type(err).__name__})") from err
-        except httpx2.TransportError as err:
-            raise UpstreamConnectionError(f"connection to the proxy failed: {type(err).__name__}: {err}") from err
-        except httpx2.StreamError as err:
-            raise UpstreamConnectionError(f"the proxy's answer broke off: {type(err).__name__}") from err
+        except TRANSPORT_ERRORS as err:
+            raise transport_error(err) from err
         finally:
             pool.in_flight -= 1
 

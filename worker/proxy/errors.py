@@ -7,14 +7,18 @@
     ├── InvalidCompletion         a 2xx that is not a chat completion
     └── StreamIncomplete          a stream that ended before its finish
 
-Third-party errors (httpx2, json) are translated into these at the boundary in
-`llmq.worker.proxy.client`, raised `from` the original. Whether an error is worth another
-attempt is decided in one place: `llmq.worker.proxy.retry_policy`.
+A failure below HTTP becomes one of these in one place, `transport_error`, for every caller: the
+proxy client raises it `from` the original, the webhook sender records its message. (The asyncio
+network backend, `llmq.worker.runtime.asyncio_network`, raises httpcore2's own errors instead, as
+any httpcore backend must; httpx2 turns those into its own, which this map then translates.)
+Whether an error is worth another attempt is decided in one place: `llmq.worker.proxy.retry_policy`.
 """
 
 from __future__ import annotations
 
 import json
+
+import httpx2
 
 BODY_EXCERPT_CHARS = 500
 
@@ -103,3 +107,28 @@ class StreamIncomplete(UpstreamError):
     """A streamed answer that ended before `[DONE]` or before a finish reason."""
 
     kind = "stream_incomplete"
+
+
+# Everything a request through httpx2 may raise below HTTP: its own errors (a bad gzip body is a `DecodingError`,
+# not a `TransportError`), a stream read twice, and the socket's.
+TRANSPORT_ERRORS = (httpx2.HTTPError, httpx2.StreamError, httpx2.InvalidURL, OSError)
+
+# Each as llmq's error, with what to say; the first match wins, so subclasses come before their bases.
+_TRANSPORT_ERROR_MAP: tuple[tuple[type[Exception], type[UpstreamError], str], ...] = (
+    (httpx2.TimeoutException, UpstreamTimeout, "no answer from {peer} in time"),
+    (TimeoutError, UpstreamTimeout, "no answer from {peer} in time"),
+    (httpx2.DecodingError, InvalidCompletion, "the answer of {peer} could not be decoded"),
+    (httpx2.StreamError, UpstreamConnectionError, "the answer of {peer} broke off"),
+    (httpx2.InvalidURL, UpstreamConnectionError, "the address of {peer} is not a valid URL"),
+    (Exception, UpstreamConnectionError, "connection to {peer} failed"),
+)
+
+
+def transport_error(err: Exception, peer: str = "the proxy") -> UpstreamError:
+    """llmq's error for `err`, one of `TRANSPORT_ERRORS`, naming the original: raise it `from err`."""
+    detail = str(err).strip()
+    cause = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+    for source, target, text in _TRANSPORT_ERROR_MAP:
+        if isinstance(err, source):
+            return target(f"{text.format(peer=peer)}: {cause}")
+    raise TypeError(f"not a transport error: {cause}")  # unreachable: the map ends with Exception

@@ -3,8 +3,8 @@
 Pure: no network, no Redis. Feed it lines as they arrive, e.g.
 
     assembler = CompletionAssembler()
-    for data in iter_sse_data(response.iter_lines()):
-        for delta in assembler.feed_data(data):
+    for event in iter_events(response.iter_lines()):
+        for delta in assembler.feed_data(event.data):
             publish(delta)
     completion = assembler.result()
 
@@ -16,72 +16,14 @@ still treated as incomplete, so partial text is never stored as a success.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmq.worker.proxy.errors import InvalidCompletion, StreamIncomplete
+from llmq.worker.sse import iter_events
 
 DONE_SENTINEL = "[DONE]"
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_TRAILING_BREAK = re.compile(r"(?:\r\n|\r|\n)\Z")
-
-
-class SseDataParser:
-    """The data payload of each server-sent event, fed line by line (WHATWG event-stream parsing).
-
-    Comments (`:` lines) and the `event`, `id` and `retry` fields are ignored; multi-line
-    data is joined with "\\n". An event is dispatched at a blank line, and a final event
-    not followed by a blank line is still dispatched by `end` (the spec would drop it, but
-    a proxy that closes right after `data: [DONE]` should not lose it).
-
-    Items are usually already lines (httpx2's `iter_lines()`), but one trailing terminator
-    is tolerated and embedded breaks are split, so file-like input works too.
-    """
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-        self._first = True
-
-    def feed(self, item: str) -> list[str]:
-        """The payloads completed by this item (usually none or one)."""
-        events: list[str] = []
-        item = _TRAILING_BREAK.sub("", item, count=1)
-        for line in _LINE_BREAK.split(item):
-            if self._first:
-                # The spec allows one leading byte-order mark on the stream.
-                line = line.removeprefix("\ufeff")
-                self._first = False
-            if line == "":
-                if self._data:
-                    events.append("\n".join(self._data))
-                    self._data = []
-                continue
-            if line.startswith(":"):
-                continue
-            name, sep, value = line.partition(":")
-            if sep and value.startswith(" "):
-                value = value[1:]
-            if name == "data":
-                self._data.append(value)
-            # `event`, `id`, `retry` and unknown fields carry nothing we need.
-        return events
-
-    def end(self) -> list[str]:
-        """The last payload, when the input stopped without a blank line after it."""
-        events = ["\n".join(self._data)] if self._data else []
-        self._data = []
-        return events
-
-
-def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """Yield the data payload of each server-sent event in `lines` (see `SseDataParser`)."""
-    parser = SseDataParser()
-    for item in lines:
-        yield from parser.feed(item)
-    yield from parser.end()
 
 
 @dataclass
@@ -351,6 +293,6 @@ class CompletionAssembler:
 def assemble(lines: Iterable[str]) -> dict[str, Any]:
     """Parse a whole SSE stream given as lines and return the assembled ChatCompletion."""
     assembler = CompletionAssembler()
-    for data in iter_sse_data(lines):
-        assembler.feed_data(data)
+    for event in iter_events(lines):
+        assembler.feed_data(event.data)
     return assembler.result()

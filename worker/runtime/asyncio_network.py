@@ -36,6 +36,19 @@ LOW_WATER = 64 * 1024
 _TRANSPORT_INFO = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername", "socket": "socket"}
 
 
+# A network backend must raise httpcore2's own errors (httpx2 maps those to its own, and llmq's one map,
+# `llmq.worker.proxy.errors.transport_error`, maps those to llmq's): this is the one place that does it for a
+# failed connect or TLS handshake. ssl.SSLError is an OSError.
+CONNECT_ERRORS = (TimeoutError, OSError)
+
+
+def connect_error(err: Exception, what: str) -> httpcore2.ConnectError | httpcore2.ConnectTimeout:
+    """httpcore2's error for a failure of `what` (a connection, a TLS handshake); raise it `from err`."""
+    if isinstance(err, TimeoutError):
+        return httpcore2.ConnectTimeout(f"{what} did not finish in time")
+    return httpcore2.ConnectError(str(err) or f"{what} failed: {type(err).__name__}")
+
+
 class _BufferingProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -168,12 +181,9 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
                 transport = await loop.start_tls(
                     self._transport, self._protocol, ssl_context, server_hostname=server_hostname
                 )
-        except TimeoutError as err:
+        except CONNECT_ERRORS as err:
             self._transport.abort()
-            raise httpcore2.ConnectTimeout("the TLS handshake did not finish in time") from err
-        except (OSError, ssl.SSLError) as err:
-            self._transport.abort()
-            raise httpcore2.ConnectError(str(err)) from err
+            raise connect_error(err, "the TLS handshake") from err
         if transport is None:
             raise httpcore2.ConnectError("the connection closed during the TLS handshake")
         self._protocol.transport = transport  # type: ignore[assignment]
@@ -220,10 +230,8 @@ async def _connected(
     try:
         async with asyncio.timeout(timeout):
             transport, protocol = await connecting
-    except TimeoutError as err:
-        raise httpcore2.ConnectTimeout(f"no connection to {target} in time") from err
-    except OSError as err:
-        raise httpcore2.ConnectError(str(err)) from err
+    except CONNECT_ERRORS as err:
+        raise connect_error(err, f"the connection to {target}") from err
     for option in socket_options or ():
         transport.get_extra_info("socket").setsockopt(*option)
     return AsyncioStream(transport, protocol)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 from standardwebhooks.webhooks import Webhook
 
+from llmq.worker.proxy.errors import TRANSPORT_ERRORS, transport_error
 from llmq.worker.webhooks.callback_guard import PinnedTarget
 
 # Delay before attempt 1, 2, ...: about 27 hours from the first attempt to the last.
@@ -133,11 +134,8 @@ class DeliveryResult:
         }
 
 
-def _describe_error(err: Exception) -> str:
-    message = str(err).strip()
-    if len(message) > MAX_ERROR_CHARS:
-        message = message[: MAX_ERROR_CHARS - 3] + "..."
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def deliver(
@@ -170,8 +168,8 @@ def deliver(
         ) as response:
             _drain(response, deadline=start + timeout_s)
             status = response.status_code
-    except (httpx2.HTTPError, httpx2.StreamError, httpx2.InvalidURL, OSError) as err:
-        return DeliveryResult(None, _describe_error(err), _ms_since(start))
+    except TRANSPORT_ERRORS as err:
+        return DeliveryResult(None, _clip(transport_error(err, "the receiver").message), _ms_since(start))
     error = "redirect not followed" if 300 <= status < 400 else None
     return DeliveryResult(status, error, _ms_since(start))
 

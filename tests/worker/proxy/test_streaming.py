@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from llmq.worker.proxy.errors import InvalidCompletion, StreamIncomplete
-from llmq.worker.proxy.streaming import CompletionAssembler, Delta, assemble, iter_sse_data
+from llmq.worker.proxy.streaming import CompletionAssembler, Delta, assemble
+from llmq.worker.sse import iter_events
 
 BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-x"}
 
@@ -242,35 +243,11 @@ def test_bad_chunk_mid_stream_raises_invalid_completion(payload: str, message: s
     assert info.value.body_excerpt is not None
 
 
-@pytest.mark.parametrize(
-    ("lines", "expected"),
-    [
-        pytest.param(["data: a", "", "data: b", ""], ["a", "b"], id="basic"),
-        pytest.param([": keep-alive", "", "data: a", ": note", ""], ["a"], id="comments"),
-        pytest.param(["data:a", "", "data:  b", ""], ["a", " b"], id="no-space-strips-one-space-only"),
-        pytest.param(["data: line1", "data: line2", ""], ["line1\nline2"], id="multi-line"),
-        pytest.param(["data: a\r", "\r", "data: b\r", "\r"], ["a", "b"], id="crlf"),
-        pytest.param(["data: a\r\n\r\ndata: b\n\n"], ["a", "b"], id="raw-text-with-breaks"),
-        pytest.param(["data: a", "", "data: [DONE]"], ["a", "[DONE]"], id="no-trailing-blank"),
-        pytest.param(
-            ["event: message", "id: 7", "retry: 1000", "data: a", "", "event: ping", ""],
-            ["a"],
-            id="other-fields",
-        ),
-        pytest.param(["data", ""], [""], id="field-without-colon"),
-        pytest.param(["", "", "data: a", "", ""], ["a"], id="extra-blank-lines"),
-        pytest.param(["\ufeffdata: a", ""], ["a"], id="leading-bom"),
-    ],
-)
-def test_iter_sse_data(lines: list[str], expected: list[str]) -> None:
-    assert list(iter_sse_data(lines)) == expected
-
-
 def test_deltas_returned_in_order_with_content() -> None:
     asm = CompletionAssembler()
     seen: list[Delta] = []
-    for data in iter_sse_data(PLAIN):
-        seen += asm.feed_data(data)
+    for event in iter_events(PLAIN):
+        seen += asm.feed_data(event.data)
     assert asm.done
     assert seen == [
         Delta(choice_index=0, content="Hel"),

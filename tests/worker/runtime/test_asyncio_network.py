@@ -8,12 +8,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpcore2
 import httpx2
 import pytest
 import trustme
 import uvloop
 
-from llmq.worker.runtime.asyncio_network import HIGH_WATER, AsyncioStream, http_transport
+from llmq.worker.runtime.asyncio_network import (
+    CONNECT_ERRORS,
+    HIGH_WATER,
+    AsyncioStream,
+    connect_error,
+    http_transport,
+)
 
 LIMITS = httpx2.Limits(max_connections=4, max_keepalive_connections=4)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -203,3 +210,16 @@ def test_a_tls_handshake_that_never_comes_is_a_connect_timeout() -> None:
 
     with pytest.raises(httpx2.ConnectTimeout):
         run(scenario())
+
+
+@pytest.mark.parametrize(("err", "expected", "message"), [
+    (TimeoutError(), httpcore2.ConnectTimeout, "the TLS handshake did not finish in time"),
+    (ConnectionRefusedError(111, "Connection refused"), httpcore2.ConnectError, "[Errno 111] Connection refused"),
+    (ssl.SSLCertVerificationError(1, "certificate verify failed"), httpcore2.ConnectError,
+     "certificate verify failed"),
+    (OSError(), httpcore2.ConnectError, "the TLS handshake failed: OSError"),
+])
+def test_a_failed_connect_is_httpcores_error(err: Exception, expected: type[Exception], message: str) -> None:
+    assert isinstance(err, CONNECT_ERRORS)
+    mapped = connect_error(err, "the TLS handshake")
+    assert type(mapped) is expected and str(mapped) == message

@@ -160,7 +160,7 @@ def test_closed_port_is_an_error_not_an_exception(client: httpx2.Client) -> None
     payload, headers = signed(new_secret())
     result = deliver(client, local_target(port), headers, payload, timeout_s=2)
     assert result.status_code is None and not result.ok
-    assert result.error and result.error.startswith("ConnectError")
+    assert result.error and result.error.startswith("connection to the receiver failed: ConnectError")
 
 
 def test_https_sends_the_name_for_tls() -> None:
