@@ -104,11 +104,12 @@ class AsyncJobStore:
         )
         return bool(previous)
 
-    async def watch(self, job_id: str, owner: str) -> tuple[dict[str, str], str]:
+    async def watch(self, job_id: str, owners: tuple[str, ...]) -> tuple[dict[str, str], str]:
         """The record and the id of its stream's last event, read together so no change slips between them.
 
-        An unfinished job of `owner` is followed from here on: its workers write every event to the stream."""
-        flat, last_id = await self._watch(keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)], args=[owner])
+        An unfinished job of one of `owners` is followed from here on: its workers write every event to the stream."""
+        flat, last_id = await self._watch(keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)],
+                                          args=list(owners))
         return dict(zip(flat[::2], flat[1::2], strict=True)), last_id
 
     async def wait_until_finished(

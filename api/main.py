@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis = client
         app.state.store = AsyncJobStore(client, blocking, settings.result_ttl_s)
-        app.state.vault = vault_for(settings.server_secret)
+        app.state.vault = vault_for(settings.server_secret, settings.previous_secrets)
         app.state.broker_check = _broker_check(settings, client)
         freeze_startup_objects()
         yield

@@ -82,7 +82,7 @@ def runtime() -> Runtime:
         redis=client,
         store=JobStore(client, settings.result_ttl_s),
         upstream=client_for(settings),
-        vault=vault_for(settings.server_secret),
+        vault=vault_for(settings.server_secret, settings.previous_secrets),
         policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
         flow=flow_control_for(settings, client),
     )

@@ -128,7 +128,7 @@ async def job_events(
     """Job events as SSE, history first, to the final state; a `running` of a new attempt resets deltas."""
     after_id = parse_event_id(last_event_id_header if last_event_id_header is not None else last_event_id)
     check_id(job_id)
-    fields, last_stream_id = await store.watch(job_id, caller.owner)
+    fields, last_stream_id = await store.watch(job_id, caller.owners)
     check_owner(job_id, fields, caller)
     return EventStreamResponse(
         event_frames(request, store, job_id, fields, last_stream_id, after_id),

@@ -41,7 +41,7 @@ def check_id(job_id: str) -> None:
 
 def check_owner(job_id: str, fields: dict[str, str], caller: Caller) -> dict[str, str]:
     """The record if it exists and belongs to the caller; 404 otherwise, either way."""
-    if not fields or fields.get("owner") != caller.owner:
+    if not fields or fields.get("owner") not in caller.owners:
         raise _not_found(job_id)
     fields["id"] = job_id  # the record's key names it, whatever its fields say
     return fields
@@ -110,7 +110,7 @@ async def get_job(
     check_id(job_id)
     # The record and its last event id in one read, so the wait starts exactly where the record was taken;
     # the same read has the worker write the final event the wait looks for.
-    fields, last_id = await store.watch(job_id, caller.owner)
+    fields, last_id = await store.watch(job_id, caller.owners)
     check_owner(job_id, fields, caller)
     if fields.get("status") not in TERMINAL:
         fields = await store.wait_until_finished(job_id, wait, fields, last_id) or fields

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 
-from tests.stack import CALLER_KEY, Stack, chat
+from tests.stack import CALLER_KEY, Stack, chat, submit, wait_finished
 
 GOOD = {"request": chat("m")}
 
@@ -87,6 +90,54 @@ def test_malformed_keys_get_401(stack: Stack, authorization: str) -> None:
         response = client.post("/v1/jobs", json=GOOD, headers={"Authorization": authorization})
     assert response.status_code == 401
     assert "Bearer appID:appKey" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "rule"),
+    [
+        (b"Bearer 1234:" + b"k" * 252, "the limit is 256"),
+        (b"Bearer 1234:" + b"k" * 3_000_000, "the limit is 256"),
+        (b"Bearer 1234:cl\xc3\xa9", "printable ASCII"),  # UTF-8
+        (b"Bearer 1234:cl\xe9", "printable ASCII"),  # latin-1
+    ],
+)
+def test_keys_too_long_or_not_ascii_get_401_naming_the_rule(stack: Stack, authorization: bytes, rule: str) -> None:
+    with stack.client(key=None) as client:
+        response = client.post("/v1/jobs", json=GOOD, headers={"Authorization": authorization})
+    assert response.status_code == 401, response.text[:300]
+    message = response.json()["error"]["message"]
+    assert rule in message and "Bearer appID:appKey" in message
+    assert len(message) < 500  # the key itself is not echoed
+
+
+def raw_request(port: int, authorization: bytes, body: bytes = b'{"request": {}}') -> bytes:
+    """A request written on a socket as given: HTTP clients refuse to send control characters in a header."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Authorization: " + authorization + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\nConnection: close\r\n\r\n" + body)
+        return b"".join(iter(lambda: sock.recv(65536), b""))
+
+
+@pytest.mark.parametrize("authorization", [b"Bearer 1234:ab\x7fc", b"Bearer 1234:ab\x01c", b"Bearer 1234:ab\x1bc"])
+def test_keys_with_control_characters_get_a_4xx(stack: Stack, authorization: bytes) -> None:
+    status_line = raw_request(stack.port, authorization).split(b"\r\n", 1)[0]
+    status = int(status_line.split()[1])
+    assert 400 <= status < 500, status_line
+
+
+def test_a_30_mb_authorization_header_gets_a_4xx_never_a_202(stack: Stack) -> None:
+    authorization = b"Bearer 1234:" + b"k" * 30 * 1024 * 1024
+    status_line = raw_request(stack.port, authorization, json.dumps(GOOD).encode()).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] in (b"401", b"431"), status_line
+
+
+def test_the_longest_key_works(stack: Stack, model: str) -> None:
+    key = "1234:" + "k" * 251
+    assert len(key) == 256
+    with stack.client(key=key) as client:
+        job = wait_finished(client, submit(client, chat(model))["id"])
+    assert job["status"] == "succeeded"
 
 
 def test_no_key_and_no_service_key_is_401(stack: Stack) -> None:

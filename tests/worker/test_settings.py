@@ -38,6 +38,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
         ({"LLMQ_VISIBILITY_TIMEOUT_S": "60"}, "LLMQ_VISIBILITY_TIMEOUT_S (60) must exceed"),
         ({"LLMQ_DEFAULT_MAX_ATTEMPTS": "20"}, "LLMQ_DEFAULT_MAX_ATTEMPTS must not exceed"),
         ({"LLMQ_WORKER_POOL": "prefork"}, "LLMQ_WORKER_POOL: Input should be 'asyncio' or 'threads'"),
+        ({"LLMQ_SECRET_PREVIOUS": "an-old-long-secret-value,short"}, "LLMQ_SECRET_PREVIOUS: each secret must be 16+"),
+        ({"TAL_MLOPS_APP_KEY": "1234:" + "k" * 300}, "this one is 305 characters long; the limit is 256"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_variable(
@@ -81,3 +83,11 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert settings.server_secret == "from-the-dotenv-file-123"
     assert settings.result_ttl_s == 600
     assert settings.effective_broker_url == settings.redis_url
+
+
+def test_previous_secrets_are_read_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().previous_secrets == ()
+    monkeypatch.setenv("LLMQ_SECRET_PREVIOUS", " the-last-secret-we-had , an-even-older-secret,")
+    assert load_settings().previous_secrets == ("the-last-secret-we-had", "an-even-older-secret")

@@ -118,9 +118,9 @@ return {'ok', ARGV[1]}
 """
 
 # KEYS: job, events
-# ARGV: owner
+# ARGV: owner ids (the caller's under each configured server secret)
 # The record (flat field/value list) and the id of the stream's last event ('0-0' for none), read together. An
-# unfinished job of this owner that nobody followed yet is marked `watched` with how far its record tells its
+# unfinished job of one of these owners that nobody followed yet is marked `watched` with how far its record tells its
 # events: 'R,C', its R attempt records and its attempt count C. From here on every event goes to the stream.
 # A stream begun without a mark (a streaming request) holds everything after `queued`: its point is '0,0'.
 WATCH = """
@@ -130,7 +130,9 @@ local last_id = last[1] and last[1][1] or '0-0'
 local h = {}
 for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
 local open = h.status == 'queued' or h.status == 'running' or h.status == 'retrying'
-if open and h.owner == ARGV[1] and not h.watched and h.stream ~= '1' then
+local mine = false
+for i = 1, #ARGV do if h.owner == ARGV[i] then mine = true end end
+if open and mine and not h.watched and h.stream ~= '1' then
   local point = '0,0'
   if last_id == '0-0' then
     local records = 0
