@@ -28,8 +28,10 @@ BLOCK_MS = 15_000
 # A connection is bounded even though the job lives for days; the client resumes with Last-Event-ID.
 MAX_CONNECTION_S = 600.0
 KEEP_ALIVE = ": keep-alive\n\n"
-STREAM_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+STREAM_ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
 _U64_MAX = 2**64 - 1
+# Shown of a refused id: enough to recognise it, not a megabyte echoed back.
+_SHOWN_CHARS = 48
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
 
 
@@ -40,14 +42,19 @@ class EventStreamResponse(StreamingResponse):
 
 
 def parse_event_id(raw: str | None) -> str | None:
-    """A client's Last-Event-ID as a Redis stream id, None when absent; 400 when malformed."""
+    """A client's Last-Event-ID as a Redis stream id, None when absent; 400 when Redis would refuse to resume
+    after it: not 'milliseconds-sequence' in ASCII digits, a part over 2^64-1, or the largest id of all, which
+    has no id after it (Redis refuses an exclusive range from it)."""
     if raw is None or not raw.strip():
         return None
-    match = STREAM_ID_PATTERN.match(raw.strip())
-    if not match or any(int(part) > _U64_MAX for part in match.groups()):
+    match = STREAM_ID_PATTERN.fullmatch(raw.strip())
+    millis, sequence = (int(match[1]), int(match[2])) if match else (-1, -1)
+    if not 0 <= millis <= _U64_MAX or not 0 <= sequence <= _U64_MAX or millis == sequence == _U64_MAX:
+        shown = raw if len(raw) <= _SHOWN_CHARS else raw[:_SHOWN_CHARS] + "…"
         raise ApiError(400, "invalid_request",
-                       f"Last-Event-ID must be an id this stream sent, like '1700000000000-0' (got {raw!r}).")
-    return f"{int(match[1])}-{int(match[2])}"
+                       f"Last-Event-ID must be an id this stream sent, like '1700000000000-0': two numbers of at "
+                       f"most {_U64_MAX} joined by '-', below the largest id (got {shown!r}).")
+    return f"{millis}-{sequence}"
 
 
 def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
