@@ -29,6 +29,17 @@ GOOD = {"request": chat("m")}
         ({**GOOD, "unknown_field": 1}, 422, "unknown_field"),
         ({**GOOD, "metadata": "not an object"}, 422, "metadata"),
         ([1, 2], 422, "body"),
+        # Fields take their own types only: no coercion of booleans, strings or floats.
+        ({**GOOD, "max_attempts": True}, 422, "max_attempts"),
+        ({**GOOD, "max_attempts": "3"}, 422, "max_attempts"),
+        ({**GOOD, "max_attempts": 3.0}, 422, "max_attempts"),
+        ({**GOOD, "priority": 1}, 422, "priority"),
+        ({**GOOD, "environment": True}, 422, "environment"),
+        ({**GOOD, "callback_url": 42}, 422, "callback_url"),
+        ({"request": {**chat("m"), "stream": "yes"}}, 422, "request.stream"),
+        ({"request": {**chat("m"), "stream": 1}}, 422, "request.stream"),
+        ({"request": {**chat("m"), "model": 42}}, 422, "request.model"),
+        ({"request": {"model": "m", "messages": [{"role": "user", "content": 42}]}}, 422, "request.messages.0"),
     ],
 )
 def test_invalid_jobs_get_422_naming_the_field(stack: Stack, body: object, status: int, field: str) -> None:
@@ -55,6 +66,44 @@ def test_unreadable_bodies(stack: Stack, content: bytes, content_type: str, stat
         response = client.post("/v1/jobs", content=content, headers={"content-type": content_type})
     assert response.status_code == status, response.text
     assert response.json()["error"]["type"] == error_type
+
+
+REQUEST = '{"model": "m", "messages": [{"role": "user", "content": "NaN or Infinity, said as text"}]'
+
+
+def job_body(rest: str, request_rest: str = "") -> str:
+    return '{"request": ' + REQUEST + request_rest + "}" + rest + "}"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/jobs", job_body(', "metadata": {"a": NaN}'), "metadata.a"),
+        ("/v1/jobs", job_body(', "metadata": {"b": [1, Infinity]}'), "metadata.b.1"),
+        ("/v1/jobs", job_body(', "metadata": {"c": -Infinity}'), "metadata.c"),
+        ("/v1/jobs", job_body(', "metadata": {"d": 1e400}'), "metadata.d"),
+        ("/v1/jobs", job_body(', "metadata": {"e": ' + "9" * 400 + ".0}"), "metadata.e"),
+        ("/v1/jobs", job_body("", ', "temperature": NaN'), "request.temperature"),
+        ("/v1/jobs", job_body("", ', "max_attempts": NaN'), "request.max_attempts"),
+        ("/v1/jobs/batch", '{"jobs": [' + job_body("") + ", " + job_body("", ', "top_p": NaN') + "]}",
+         "jobs.1.request.top_p"),
+    ],
+)
+def test_nan_and_infinity_anywhere_are_422_naming_the_field(stack: Stack, path: str, body: str, field: str) -> None:
+    with stack.client() as client:
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request"
+    assert field in error["message"] and "not a JSON number" in error["message"]
+
+
+def test_nan_said_as_text_is_fine(stack: Stack) -> None:
+    with stack.client() as client:
+        response = client.post("/v1/jobs", content=job_body(', "metadata": {"note": "NaN, 1e400"}'),
+                               headers={"content-type": "application/json"})
+    assert response.status_code == 202, response.text
+    assert response.json()["metadata"] == {"note": "NaN, 1e400"}
 
 
 def test_body_over_the_limit_is_413(stack: Stack) -> None:
