@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "at once; llmq calls the proxy with your key, retries what can be retried, and keeps the result."
         ),
         lifespan=lifespan,
+        # A path with a trailing slash is 404: Starlette's redirect builds its Location from the Host header.
+        redirect_slashes=False,
     )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
