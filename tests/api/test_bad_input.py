@@ -243,7 +243,7 @@ def test_docs_describe_every_route(stack: Stack) -> None:
     ("GET", "/v1/jobs/job_" + "a" * 22 + "/"), ("POST", "/v1/jobs/"), ("POST", "/v1/jobs/batch/"), ("GET", "/healthz/"),
     ("GET", "/v1/jobs/job_" + "a" * 22 + "/events/"),
 ])
-def test_a_trailing_slash_is_404_not_a_redirect_built_from_the_host_header(stack: Stack, method: str, path: str) -> None:
+def test_a_trailing_slash_is_404_not_a_redirect_from_the_host_header(stack: Stack, method: str, path: str) -> None:
     with stack.client() as client:
         response = client.request(method, path, json=GOOD, headers={"Host": "attacker.example"})
     assert response.status_code == 404, (response.status_code, response.headers.get("location"))
