@@ -178,6 +178,18 @@ redis.call('HSET', KEYS[1], 'callback_status', 'delivering', 'callback_lease_unt
 return {'claimed', f[5] or '0'}
 """
 
+# KEYS: job
+# ARGV: attempt number, attempt_json
+# The attempt of a call that was in flight when its job was cancelled: kept with the job, since the proxy was
+# called, but only while the job is cancelled and that attempt is still its last one.
+# Returns 1 if recorded, 0 otherwise.
+RECORD_CANCELLED_ATTEMPT = """
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempt_count', 'attempts')
+if f[1] ~= 'cancelled' or f[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'attempts', f[3] and (f[3] .. '\\n' .. ARGV[2]) or ARGV[2])
+return 1
+"""
+
 # The stream's length bound lives in llmq.worker.redis_keys with the key names.
 SUBMIT, CLAIM, TRANSITION = (
     script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)) for script in (SUBMIT, CLAIM, TRANSITION)

@@ -24,7 +24,8 @@ class AttemptPublic(BaseModel):
     n: int = Field(description="1 for the first attempt.")
     started_at: datetime | None = None
     duration_ms: float | None = None
-    outcome: str = Field(description="'ok', 'http_<status>', or an error kind (timeout, connection_error, ...).")
+    outcome: str = Field(description="'ok', 'http_<status>', an error kind (timeout, connection_error, ...), or "
+                                     "'cancelled' for a call the job was cancelled during.")
     status_code: int | None = Field(None, description="HTTP status from the proxy, if it answered.")
     error_type: str | None = None
     message: str | None = None
