@@ -60,7 +60,8 @@ async def get_caller(
     request: Request,
     authorization: Annotated[
         str | None,
-        Header(description="`Bearer appID:appKey`: the platform key used upstream for this job."),
+        Header(description="`Bearer appID:appKey`: the platform key used upstream for this job (at most "
+                           f"{MAX_KEY_CHARS} characters of printable ASCII)."),
     ] = None,
 ) -> Caller:
     return caller_of(request, authorization)
