@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -18,7 +19,7 @@ from llmq.api.event_history import told_events, told_id, told_index, watch_point
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.routes.jobs import check_id, check_owner
 from llmq.api.schemas import ErrorResponse
-from llmq.worker.jobs.record import TERMINAL, dumps, is_terminal_event
+from llmq.worker.jobs.record import TERMINAL, is_terminal_event, printable
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -57,10 +58,21 @@ def parse_event_id(raw: str | None) -> str | None:
     return f"{millis}-{sequence}"
 
 
+# Compact JSON that refuses NaN and infinities (a damaged stream entry may hold one): see `sse_event`.
+_event_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+EVENT_NAMES = frozenset({"state", "delta"})
+
+
 def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
-    """One SSE frame; compact JSON has no raw newline, so `data` is a single line."""
+    """One SSE frame; compact JSON has no raw newline, so `data` is a single line, and the event's name is one
+    llmq writes, so nothing read from storage can start a line of the frame."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event.get('type', 'state')}\ndata: {dumps(event)}\n\n"
+    try:
+        data = _event_json(event)
+    except ValueError:
+        data = _event_json(printable(event))
+    name = event.get("type") if event.get("type") in EVENT_NAMES else "state"
+    return f"{head}event: {name}\ndata: {data}\n\n"
 
 
 async def event_frames(

@@ -136,3 +136,32 @@ def test_a_damaged_record_still_renders(stack: Stack, damage: dict[str, str | by
                     if event.get("status") in ("succeeded", "failed", "cancelled") or not finished:
                         break
             assert frames >= 1
+
+
+def test_a_damaged_event_stream_still_renders(stack: Stack) -> None:
+    fields = record(stack)
+    job_id = str(fields["id"])
+    store(stack, job_id, fields)
+    entries: list[dict[str, str]] = [
+        {"e": '{"type":"state","status":"running","attempt":1,"at":1e400}'},
+        {"e": "{not json"},
+        {"x": "no event field"},
+        {"e": '{"type":"state\\nevent: forged\\ndata: {}","status":"running","attempt":1,"at":1}'},
+        {"e": '{"type":"delta","attempt":1,"index":0,"content":"\\ud800"}'},
+        {"e": '{"type":"state","status":"failed","at":1700000001.0}'},
+    ]
+    raw = redis.Redis.from_url(stack.redis_url)
+    try:
+        for entry in entries:
+            raw.xadd(redis_keys.job_events(job_id), entry)  # type: ignore[arg-type]
+        raw.expire(redis_keys.job_events(job_id), 600)
+    finally:
+        raw.close()
+    with stack.client() as client:
+        response = client.get(f"/v1/jobs/{job_id}/events")
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert {line for line in lines if line.startswith("event: ")} <= {"event: state", "event: delta"}
+    assert not [line for line in lines if line and not line.startswith(("id: ", "event: ", "data: "))]
+    events = [strict_json(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    assert [event.get("status") for event in events] == ["queued", "running", "running", None, "failed"]
