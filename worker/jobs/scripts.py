@@ -46,7 +46,8 @@ return ids
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
 # One read and one write of the record: every command here counts against the Redis budget per job. The job
-# keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due.
+# keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due. A number
+# the record holds is read as 0 when it is not one: an error here would hand the message back on every try.
 CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
@@ -57,8 +58,8 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
   return {'finished', status, f[4] or ''}
 end
 local now = tonumber(ARGV[1])
-if status == 'running' and tonumber(f[2] or '0') > now then return {'leased', f[2]} end
-local n = tonumber(f[3] or '0') + 1
+if status == 'running' and (tonumber(f[2]) or 0) > now then return {'leased', f[2]} end
+local n = (tonumber(f[3]) or 0) + 1
 local changes = {'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2], 'updated_at', ARGV[1],
   'attempt_started_at', ARGV[1]}
 if not f[5] then
@@ -171,9 +172,9 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'callback_status', 'callback_le
 local status, cs = f[1], f[2] or ''
 if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then return {'none', cs} end
 local now = tonumber(ARGV[1])
-local open = cs == 'pending' or cs == 'retrying' or (cs == 'delivering' and tonumber(f[3] or '0') < now)
+local open = cs == 'pending' or cs == 'retrying' or (cs == 'delivering' and (tonumber(f[3]) or 0) < now)
 if not open then return {'none', cs} end
-if tonumber(f[4] or '0') > now then return {'not_due', f[4]} end
+if (tonumber(f[4]) or 0) > now then return {'not_due', f[4]} end
 redis.call('HSET', KEYS[1], 'callback_status', 'delivering', 'callback_lease_until', ARGV[2])
 return {'claimed', f[5] or '0'}
 """
