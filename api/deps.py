@@ -13,8 +13,11 @@ from fastapi import Depends, Header, Request
 from llmq.api.errors import ApiError
 from llmq.api.job_store import AsyncJobStore
 from llmq.worker.secrets.key_vault import KeyVault, app_id_of
-from llmq.worker.secrets.platform_key import check_composite_key
+from llmq.worker.secrets.platform_key import MAX_KEY_CHARS, check_composite_key
 from llmq.worker.settings import Settings
+
+# "Bearer " and the key, with room for stray spaces around them.
+MAX_AUTHORIZATION_CHARS = MAX_KEY_CHARS + 64
 
 
 async def get_settings(request: Request) -> Settings:
@@ -36,10 +39,17 @@ VaultDep = Annotated[KeyVault, Depends(get_vault)]
 
 @dataclass(frozen=True)
 class Caller:
-    """Whoever presented a platform key: the key itself (for the proxy) and its owner id."""
+    """Whoever presented a platform key: the key itself (for the proxy) and its owner ids.
+
+    `owners` holds the id under the current server secret (new records get it), then under each previous one,
+    so a caller still owns the jobs recorded before a secret rotation."""
 
     key: str
-    owner: str
+    owners: tuple[str, ...]
+
+    @property
+    def owner(self) -> str:
+        return self.owners[0]
 
     @property
     def app_id(self) -> str:
@@ -50,7 +60,8 @@ async def get_caller(
     request: Request,
     authorization: Annotated[
         str | None,
-        Header(description="`Bearer appID:appKey`: the platform key used upstream for this job."),
+        Header(description="`Bearer appID:appKey`: the platform key used upstream for this job (at most "
+                           f"{MAX_KEY_CHARS} characters of printable ASCII)."),
     ] = None,
 ) -> Caller:
     return caller_of(request, authorization)
@@ -66,7 +77,12 @@ def caller_of(request: Request, authorization: str | None) -> Caller:
             raise ApiError(401, "unauthorized",
                            "Send your platform key as 'Authorization: Bearer appID:appKey'.",
                            headers={"WWW-Authenticate": "Bearer"})
-        return Caller(settings.service_key, vault.owner(settings.service_key))
+        return Caller(settings.service_key, vault.owners(settings.service_key))
+    if len(authorization) > MAX_AUTHORIZATION_CHARS:  # refused before any copy of it is made
+        raise ApiError(401, "unauthorized",
+                       f"The Authorization header is {len(authorization)} characters long; the limit is "
+                       f"{MAX_KEY_CHARS} for the key: send 'Authorization: Bearer appID:appKey'.",
+                       headers={"WWW-Authenticate": "Bearer"})
     scheme, _, key = authorization.strip().partition(" ")
     key = key.strip()
     try:
@@ -77,7 +93,7 @@ def caller_of(request: Request, authorization: str | None) -> Caller:
         raise ApiError(401, "unauthorized",
                        f"The Authorization header {err}: send 'Authorization: Bearer appID:appKey'.",
                        headers={"WWW-Authenticate": "Bearer"}) from None
-    return Caller(key, vault.owner(key))
+    return Caller(key, vault.owners(key))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

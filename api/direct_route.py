@@ -19,6 +19,8 @@ to `resolve` fails it.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -64,11 +66,51 @@ async def json_body(request: Request, model: type[Model]) -> Model:
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as err:
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in err.errors(include_url=False)]
         ) from None
+    if _may_hold_a_number_json_lacks(body):
+        _refuse_numbers_json_lacks(body)
+    return parsed
+
+
+# Digits as '0' and the exponent's E as 'e', so one search finds any number beyond a double's range: an exponent
+# of three digits, or 309 digits in a row. Searches over bytes, no regex: 3 µs for a 700-byte body (a regex of the
+# same alternatives took 37 µs).
+_DIGITS = bytes.maketrans(b"123456789E", b"000000000e")
+
+
+def _may_hold_a_number_json_lacks(body: bytes) -> bool:
+    """Whether the body may hold NaN, Infinity or a number that parses to an infinity; mostly it is only text."""
+    if b"NaN" in body or b"Infinity" in body:
+        return True
+    shape = body.translate(_DIGITS)
+    return b"0e000" in shape or b"0e+000" in shape or b"0" * 309 in shape
+
+
+def _refuse_numbers_json_lacks(body: bytes) -> None:
+    """422 naming each field that holds NaN, Infinity or a number too large for a double."""
+    found: list[tuple[str | int, ...]] = []
+
+    def walk(value: Any, loc: tuple[str | int, ...]) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(loc)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*loc, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, (*loc, index))
+
+    walk(json.loads(body), ())
+    if found:
+        raise RequestValidationError([
+            {"type": "finite_number", "loc": ("body", *loc), "input": None,
+             "msg": "NaN, Infinity and numbers beyond a double's range are not a JSON number"}
+            for loc in found[:50]
+        ])
 
 
 def header(request: Request, name: str, max_length: int) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -12,7 +11,7 @@ import redis.asyncio as aioredis
 from llmq.api.group_commit import GroupCommit
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
-from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, state_event
+from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, read_json, state_event
 
 SUBMIT_CHUNK = 100
 
@@ -102,11 +101,12 @@ class AsyncJobStore:
         previous = await self._update_callback(keys=call.keys, args=call.args)
         return bool(previous)
 
-    async def watch(self, job_id: str, owner: str) -> tuple[dict[str, str], str]:
+    async def watch(self, job_id: str, owners: tuple[str, ...]) -> tuple[dict[str, str], str]:
         """The record and the id of its stream's last event, read together so no change slips between them.
 
-        An unfinished job of `owner` is followed from here on: its workers write every event to the stream."""
-        flat, last_id = await self._watch(keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)], args=[owner])
+        An unfinished job of one of `owners` is followed from here on: its workers write every event to the stream."""
+        flat, last_id = await self._watch(keys=[redis_keys.job(job_id), redis_keys.job_events(job_id)],
+                                          args=list(owners))
         return dict(zip(flat[::2], flat[1::2], strict=True)), last_id
 
     async def wait_until_finished(
@@ -135,10 +135,15 @@ class AsyncJobStore:
         reply = cast(
             StreamReply, await self.blocking.xread({redis_keys.job_events(job_id): after_id}, block=block_ms, count=500)
         )
-        return [(event_id, json.loads(entry["e"])) for event_id, entry in reply[0][1]] if reply else []
+        return _events(reply[0][1]) if reply else []
 
     async def history(self, job_id: str, after_id: str = "-") -> list[tuple[str, dict[str, Any]]]:
         start = after_id if after_id == "-" else f"({after_id}"
         entries = cast(StreamEntries, await self.redis.xrange(redis_keys.job_events(job_id), min=start, max="+"))
-        return [(event_id, json.loads(entry["e"])) for event_id, entry in entries]
+        return _events(entries)
 
+
+def _events(entries: StreamEntries) -> list[tuple[str, dict[str, Any]]]:
+    """Stream entries as events; an entry that is not a JSON object (a damaged stream) is skipped."""
+    events = ((event_id, read_json(entry.get("e", ""))) for event_id, entry in entries)
+    return [(event_id, event) for event_id, event in events if isinstance(event, dict)]

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis = client
         app.state.store = AsyncJobStore(client, blocking, settings.result_ttl_s)
-        app.state.vault = vault_for(settings.server_secret)
+        app.state.vault = vault_for(settings.server_secret, settings.previous_secrets)
         app.state.broker_check = _broker_check(settings, client)
         freeze_startup_objects()
         yield
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "at once; llmq calls the proxy with your key, retries what can be retried, and keeps the result."
         ),
         lifespan=lifespan,
+        # A path with a trailing slash is 404: Starlette's redirect builds its Location from the Host header.
+        redirect_slashes=False,
     )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, route_limits={
         # The upload route counts its own bytes and answers first; this is the backstop.

@@ -34,6 +34,7 @@ def connect(settings: Settings, socket_timeout_s: float | None) -> aioredis.Redi
     return aioredis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
+        encoding_errors="replace",  # a damaged record (bytes that are not UTF-8) still reads
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
         health_check_interval=30,

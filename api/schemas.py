@@ -14,7 +14,7 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 class ChatMessage(BaseModel):
     """One chat message; vendor-specific fields pass through untouched."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Role = Field(description="Who speaks: system, developer, user, assistant, tool or function.")
     content: str | list[dict[str, Any]] | None = Field(
@@ -26,9 +26,10 @@ class ChatRequest(BaseModel):
     """A chat.completions request body, exactly as the proxy expects it.
 
     Only what the proxy needs is checked; every other parameter (temperature, tools,
-    response_format, vendor extensions, ...) is forwarded as sent."""
+    response_format, vendor extensions, ...) is forwarded as sent. The fields llmq reads take their own types only
+    (strict: `"stream": "yes"` is refused, not read as true)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=256, description="Model name as the proxy knows it.")
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation, at least one message.")
@@ -38,7 +39,8 @@ class ChatRequest(BaseModel):
 class JobCreate(BaseModel):
     """A job: one chat request to run through the proxy, with retries."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: each field takes its own type only (`max_attempts: true` or `"3"` is refused, not coerced).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     request: ChatRequest
     metadata: dict[str, Any] | None = Field(None, description="Caller's data, kept with the job and returned as is.")
@@ -71,7 +73,7 @@ MAX_BATCH_JOBS = 1000
 class BatchCreate(BaseModel):
     """Up to 1,000 jobs in one request; each is checked on its own."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     jobs: list[dict[str, Any]] = Field(
         min_length=1, max_length=MAX_BATCH_JOBS, description="Job bodies, each as for POST /v1/jobs (see BatchItem)."

@@ -19,7 +19,7 @@ from llmq.mockproxy.completions import (
     stream_events,
 )
 from llmq.mockproxy.connection import abort_connection
-from llmq.mockproxy.errors import body_response, error_response, json_body_response, upstream_error
+from llmq.mockproxy.errors import Headers, body_response, error_response, json_body_response, upstream_error
 from llmq.mockproxy.faults import OK, Outcome, choose_outcome, latency_seconds
 from llmq.mockproxy.scripts import Step
 from llmq.mockproxy.state import STATE_KEY, MockState
@@ -168,7 +168,7 @@ def _garbage(state: MockState, step: Step | None) -> web.Response:
     return json_body_response(200, _GARBAGE_JSON, headers)
 
 
-def _raw_body(status: int, body: Any, headers: dict[str, str]) -> web.Response:
+def _raw_body(status: int, body: Any, headers: Headers) -> web.Response:
     if isinstance(body, str):
         return body_response(status, body.encode(), "text/plain; charset=utf-8", headers)
     return json_body_response(status, body, headers)

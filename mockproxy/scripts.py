@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 STEP_KINDS = frozenset({"ok", "status", "hang", "reset", "garbage", "stream_cut"})
@@ -18,7 +18,7 @@ class StepError(ValueError):
 class Step:
     kind: str
     status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: tuple[tuple[str, str], ...] = ()  # in order; a name may repeat
     body: Any = _MISSING
     latency_ms: float = 0.0
     seconds: float | None = None
@@ -50,12 +50,16 @@ def parse_step(raw: object) -> Step:
     elif status is not None:
         raise StepError("'status' is only allowed for kind 'status'")
     headers = raw.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise StepError("'headers' must be an object")
+    if isinstance(headers, dict):
+        pairs = [(str(k), str(v)) for k, v in headers.items()]
+    elif isinstance(headers, list) and all(isinstance(p, list) and len(p) == 2 for p in headers):
+        pairs = [(str(k), str(v)) for k, v in headers]  # a list of pairs can repeat a header
+    else:
+        raise StepError("'headers' must be an object, or a list of [name, value] pairs")
     return Step(
         kind=kind,
         status=status,
-        headers={str(k): str(v) for k, v in headers.items()},
+        headers=tuple(pairs),
         body=raw.get("body", _MISSING),
         latency_ms=_number(raw, "latency_ms") or 0.0,
         seconds=_number(raw, "seconds"),

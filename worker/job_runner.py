@@ -55,6 +55,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
+        encoding_errors="replace",  # a damaged record (bytes that are not UTF-8) still reads
         socket_timeout=settings.redis_socket_timeout_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
         health_check_interval=30,
@@ -81,7 +82,7 @@ def runtime() -> Runtime:
         redis=client,
         store=JobStore(client, settings.result_ttl_s),
         upstream=client_for(settings),
-        vault=vault_for(settings.server_secret),
+        vault=vault_for(settings.server_secret, settings.previous_secrets),
         policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
         flow=flow_control_for(settings, client),
     )
@@ -168,6 +169,14 @@ def _cool_down(rt: Runtime, claim: Claim, err: UpstreamError) -> None:
         log.warning("cooldown not recorded: %s", err_, extra={"model": claim.model})
 
 
+def _keep_cancelled_attempt(rt: Runtime, job_id: str, record: dict[str, Any], what_happened: str) -> None:
+    """A call that ended after its job was cancelled still shows as an attempt: the proxy was called."""
+    cancelled = {**record, "outcome": "cancelled", "error_type": "cancelled",
+                 "message": f"the job was cancelled while this call was in flight; {what_happened}"}
+    cancelled.pop("retry_in_s", None)
+    rt.store.record_cancelled_attempt(job_id, cancelled)
+
+
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     claim = rt.store.claim(job_id, rt.lease_s)
     if claim.state == "leased":
@@ -219,6 +228,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         finished = rt.store.finish(job_id, "failed", record, error=error)
         if finished:
             metrics.JOBS_FINISHED.labels("failed").inc()
+        else:
+            _keep_cancelled_attempt(rt, job_id, record, f"the call failed: {err.message}")
         return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
     record = attempt_record(claim, started, None, None, 200)
@@ -227,6 +238,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     if finished:
         metrics.JOBS_FINISHED.labels("succeeded").inc()
         count_tokens(claim, completion.data)
+    else:
+        _keep_cancelled_attempt(rt, job_id, record, "the proxy answered; the result was dropped")
     log.info("attempt succeeded" if finished else "attempt succeeded after the job was cancelled; result dropped",
              extra={**extra, "status_code": 200, "outcome": "ok", "duration_ms": record["duration_ms"]})
     return Outcome(notify=finished and bool(claim.callback_status))

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size: memory held per upload."
     )
     files_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
+    # Secret rotation: earlier LLMQ_SECRET values still decrypt keys and recognise owners until their jobs are gone.
+    secret_previous: SecretStr | None = Field(
+        None, description="Earlier server secrets, comma-separated, newest first; LLMQ_SECRET encrypts new records."
+    )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
@@ -228,6 +232,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"LLMQ_SECRET must be a random string of {MIN_SECRET_CHARS}+ characters")
         if (self.files_s3_access_key_id is None) != (self.files_s3_secret_access_key is None):
             raise ValueError("set both LLMQ_FILES_S3_ACCESS_KEY_ID and LLMQ_FILES_S3_SECRET_ACCESS_KEY, or neither")
+        if any(len(old) < MIN_SECRET_CHARS for old in self.previous_secrets):
+            raise ValueError(f"LLMQ_SECRET_PREVIOUS: each secret must be {MIN_SECRET_CHARS}+ characters")
         if self.default_max_attempts > self.max_attempts_limit:
             raise ValueError("LLMQ_DEFAULT_MAX_ATTEMPTS must not exceed LLMQ_MAX_ATTEMPTS_LIMIT")
         longest_hold = self.read_timeout_s + max(self.retry_max_delay_s, self.retry_after_cap_s)
@@ -249,6 +255,12 @@ class Settings(BaseSettings):
     @property
     def server_secret(self) -> str:
         return self.secret.get_secret_value() if self.secret is not None else DEV_SECRET
+
+    @property
+    def previous_secrets(self) -> tuple[str, ...]:
+        if self.secret_previous is None:
+            return ()
+        return tuple(part.strip() for part in self.secret_previous.get_secret_value().split(",") if part.strip())
 
     @property
     def effective_broker_url(self) -> str:

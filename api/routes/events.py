@@ -11,6 +11,7 @@ comment per `BLOCK_MS` of silence) and the disconnect is checked once per read. 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -27,7 +28,7 @@ from llmq.api.event_history import told_events, told_id, told_index, watch_point
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.routes.jobs import check_id, check_owner
 from llmq.api.schemas import ErrorResponse
-from llmq.worker.jobs.record import TERMINAL, dumps, is_terminal_event
+from llmq.worker.jobs.record import TERMINAL, is_terminal_event, printable
 from llmq.worker.sse import KEEP_ALIVE, MEDIA_TYPE, format_event
 
 log = logging.getLogger("llmq.api")
@@ -37,8 +38,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 BLOCK_MS = 15_000
 # A connection is bounded even though the job lives for days; the client resumes with Last-Event-ID.
 MAX_CONNECTION_S = 600.0
-STREAM_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+STREAM_ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
 _U64_MAX = 2**64 - 1
+# Shown of a refused id: enough to recognise it, not a megabyte echoed back.
+_SHOWN_CHARS = 48
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
 
 
@@ -49,19 +52,35 @@ class EventStreamResponse(StreamingResponse):
 
 
 def parse_event_id(raw: str | None) -> str | None:
-    """A client's Last-Event-ID as a Redis stream id, None when absent; 400 when malformed."""
+    """A client's Last-Event-ID as a Redis stream id, None when absent; 400 when Redis would refuse to resume
+    after it: not 'milliseconds-sequence' in ASCII digits, a part over 2^64-1, or the largest id of all, which
+    has no id after it (Redis refuses an exclusive range from it)."""
     if raw is None or not raw.strip():
         return None
-    match = STREAM_ID_PATTERN.match(raw.strip())
-    if not match or any(int(part) > _U64_MAX for part in match.groups()):
+    match = STREAM_ID_PATTERN.fullmatch(raw.strip())
+    millis, sequence = (int(match[1]), int(match[2])) if match else (-1, -1)
+    if not 0 <= millis <= _U64_MAX or not 0 <= sequence <= _U64_MAX or millis == sequence == _U64_MAX:
+        shown = raw if len(raw) <= _SHOWN_CHARS else raw[:_SHOWN_CHARS] + "…"
         raise ApiError(400, "invalid_request",
-                       f"Last-Event-ID must be an id this stream sent, like '1700000000000-0' (got {raw!r}).")
-    return f"{int(match[1])}-{int(match[2])}"
+                       f"Last-Event-ID must be an id this stream sent, like '1700000000000-0': two numbers of at "
+                       f"most {_U64_MAX} joined by '-', below the largest id (got {shown!r}).")
+    return f"{millis}-{sequence}"
+
+
+# Compact JSON that refuses NaN and infinities (a damaged stream entry may hold one): see `sse_event`.
+_event_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+EVENT_NAMES = frozenset({"state", "delta"})
 
 
 def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
-    """One event of a job, its type named for EventSource listeners."""
-    return format_event(dumps(event), event.get("type", "state"), event_id)
+    """One event of a job, its type named for EventSource listeners. Compact JSON has no raw newline, and the
+    event's name is one llmq writes, so nothing read from storage can start a line of the frame."""
+    try:
+        data = _event_json(event)
+    except ValueError:
+        data = _event_json(printable(event))
+    name = event.get("type") if event.get("type") in EVENT_NAMES else "state"
+    return format_event(data, name, event_id)
 
 
 async def event_frames(
@@ -136,7 +155,7 @@ async def job_events(
     """Job events as SSE, history first, to the final state; a `running` of a new attempt resets deltas."""
     after_id = parse_event_id(last_event_id_header if last_event_id_header is not None else last_event_id)
     check_id(job_id)
-    fields, last_stream_id = await store.watch(job_id, caller.owner)
+    fields, last_stream_id = await store.watch(job_id, caller.owners)
     check_owner(job_id, fields, caller)
     return EventStreamResponse(
         event_frames(request, store, job_id, fields, last_stream_id, after_id),

@@ -14,7 +14,7 @@ from llmq.api.errors import ApiError
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.schemas import ErrorResponse, JobCreate, JobPublic
 from llmq.api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
-from llmq.worker.jobs.record import TERMINAL, public_view
+from llmq.worker.jobs.record import TERMINAL
 from llmq.worker.jobs.view import job_json_bytes, new_job_json_bytes
 from llmq.worker.observability import metrics
 from llmq.worker.tasks import enqueue_delivery
@@ -41,9 +41,15 @@ def check_id(job_id: str) -> None:
 
 def check_owner(job_id: str, fields: dict[str, str], caller: Caller) -> dict[str, str]:
     """The record if it exists and belongs to the caller; 404 otherwise, either way."""
-    if not fields or fields.get("owner") != caller.owner:
+    if not fields or fields.get("owner") not in caller.owners:
         raise _not_found(job_id)
+    fields["id"] = job_id  # the record's key names it, whatever its fields say
     return fields
+
+
+def job_response(fields: dict[str, str], status_code: int = 200) -> Response:
+    """A job's public view as the answer (serialized once; a damaged record still renders: `job_view`)."""
+    return json_response(job_json_bytes(fields), status_code)
 
 
 async def owned_fields(store: AsyncJobStore, job_id: str, caller: Caller) -> dict[str, str]:
@@ -97,22 +103,23 @@ async def get_job(
     wait: Annotated[
         float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish before answering.")
     ] = 0,
-) -> dict[str, Any]:
+) -> Response:
     """A job's status, attempts, and result or error; with `wait`, answers as soon as it finishes."""
     if not wait:
-        return public_view(await owned_fields(store, job_id, caller))
+        return job_response(await owned_fields(store, job_id, caller))
     check_id(job_id)
     # The record and its last event id in one read, so the wait starts exactly where the record was taken;
     # the same read has the worker write the final event the wait looks for.
-    fields, last_id = await store.watch(job_id, caller.owner)
+    fields, last_id = await store.watch(job_id, caller.owners)
     check_owner(job_id, fields, caller)
     if fields.get("status") not in TERMINAL:
         fields = await store.wait_until_finished(job_id, wait, fields, last_id) or fields
-    return public_view(fields)
+        fields["id"] = job_id
+    return job_response(fields)
 
 
 @router.delete("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
-async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
+async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> Response:
     """Cancel a job that has not finished; no new proxy call starts for it."""
     fields = await owned_fields(store, job_id, caller)
     cancelled, status = await store.cancel(job_id)
@@ -124,14 +131,14 @@ async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[st
     metrics.JOBS_FINISHED.labels("cancelled").inc()
     if fields.get("callback"):
         await run_in_threadpool(enqueue_delivery, job_id)
-    return public_view(await store.fields(job_id))
+    return job_response({**await store.fields(job_id), "id": job_id})
 
 
 @router.post(
     "/{job_id}/callback/retry", status_code=202, response_model=JobPublic, response_model_exclude_none=True,
     responses=ERRORS,
 )
-async def retry_callback(job_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
+async def retry_callback(job_id: str, caller: CallerDep, store: StoreDep) -> Response:
     """Send a job's webhook again after its delivery ran out of attempts (or the receiver answered 410)."""
     fields = await owned_fields(store, job_id, caller)
     if not fields.get("callback"):
@@ -140,4 +147,4 @@ async def retry_callback(job_id: str, caller: CallerDep, store: StoreDep) -> dic
         raise ApiError(409, "conflict", f"The callback is {fields.get('callback_status')}; only a failed (or gone) "
                                         "delivery can be sent again.")
     await run_in_threadpool(enqueue_delivery, job_id)
-    return public_view(await store.fields(job_id))
+    return job_response({**await store.fields(job_id), "id": job_id}, 202)

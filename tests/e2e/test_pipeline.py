@@ -9,7 +9,7 @@ import httpx2
 import pytest
 
 from llmq.worker import redis_keys
-from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, chat, submit, wait_finished
+from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_until
 
 
 def ts(value: str) -> float:
@@ -202,3 +202,23 @@ def test_concurrent_single_posts_each_get_their_own_job(stack: Stack, mock_proxy
     assert sorted(job["metadata"]["i"] % 30 for job in jobs) == list(range(30))
     assert all(job["result"]["choices"][0]["message"]["content"] == f"Echo: n{job['metadata']['i']}" for job in jobs)
     assert len(mock_proxy.calls(model)) == 30
+
+
+@pytest.mark.parametrize("answer", [{"kind": "ok", "latency_ms": 2000},
+                                    {"kind": "status", "status": 503, "latency_ms": 2000}])
+def test_a_job_cancelled_mid_call_shows_the_call_as_a_cancelled_attempt(
+    stack: Stack, mock_proxy: MockProxy, model: str, answer: dict[str, object]
+) -> None:
+    mock_proxy.script(model, answer)
+    with stack.client() as client:
+        job_id = submit(client, chat(model))["id"]
+        eventually(lambda: mock_proxy.calls(model), 10, "the call to be in flight at the proxy", interval_s=0.02)
+        cancelled = client.delete(f"/v1/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        job = wait_until(client, job_id, lambda job: job["attempts"], timeout_s=15)
+    assert job["status"] == "cancelled" and "result" not in job
+    (attempt,) = job["attempts"]
+    assert attempt["n"] == 1 and attempt["outcome"] == "cancelled"
+    assert attempt["status_code"] == (200 if answer["kind"] == "ok" else 503)
+    assert "cancelled" in attempt["message"]
+    assert len(mock_proxy.calls(model)) == 1

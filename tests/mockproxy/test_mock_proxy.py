@@ -217,6 +217,15 @@ def test_status_step_with_custom_body(client: httpx2.Client, admin: httpx2.Clien
     assert response.headers["retry-after-ms"] == "1500"
 
 
+def test_a_step_can_repeat_a_header(client: httpx2.Client, admin: httpx2.Client, model: str) -> None:
+    _script(admin, model, [{"kind": "status", "status": 429,
+                            "headers": [["Retry-After", "nan"], ["Retry-After", "2"], ["Content-Type", "text/x"]]}])
+    response = client.post("/chat/completions", json=_body(model), headers=AUTH)
+    assert response.status_code == 429
+    assert response.headers.get_list("retry-after") == ["nan", "2"]
+    assert response.headers["content-type"] == "text/x"
+
+
 def test_reset_is_a_transport_error(client: httpx2.Client, admin: httpx2.Client, model: str) -> None:
     _script(admin, model, [{"kind": "reset"}])
     with pytest.raises(httpx2.TransportError):

@@ -43,6 +43,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignor
         ({"LLMQ_FILES_S3_ENDPOINT_URL": "127.0.0.1:9000"}, "LLMQ_FILES_S3_ENDPOINT_URL: must be an http(s) URL"),
         ({"LLMQ_FILES_S3_ACCESS_KEY_ID": "id"}, "set both LLMQ_FILES_S3_ACCESS_KEY_ID and"),
         ({"LLMQ_FILES_S3_PART_BYTES": "1048576"}, "LLMQ_FILES_S3_PART_BYTES: Input should be greater than or equal"),
+        ({"LLMQ_SECRET_PREVIOUS": "an-old-long-secret-value,short"}, "LLMQ_SECRET_PREVIOUS: each secret must be 16+"),
+        ({"TAL_MLOPS_APP_KEY": "1234:" + "k" * 300}, "this one is 305 characters long; the limit is 256"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_variable(
@@ -101,3 +103,9 @@ def test_file_store_follows_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("LLMQ_FILES_S3_URL", "s3://llmq-files/prod/files/")
     backend = open_store(load_settings()).backend
     assert isinstance(backend, S3Backend) and (backend.bucket, backend.prefix) == ("llmq-files", "prod/files/")
+def test_previous_secrets_are_read_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().previous_secrets == ()
+    monkeypatch.setenv("LLMQ_SECRET_PREVIOUS", " the-last-secret-we-had , an-even-older-secret,")
+    assert load_settings().previous_secrets == ("the-last-secret-we-had", "an-even-older-secret")

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from pydantic_core import from_json
 
 Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 Priority = Literal["high", "normal", "low"]
@@ -107,26 +111,82 @@ def is_terminal_event(event: dict[str, Any]) -> bool:
     return event.get("type") == "state" and event.get("status") in TERMINAL
 
 
+def printable(value: Any) -> Any:
+    """A parsed value that serializes as JSON: non-finite numbers become null, lone surrogates U+FFFD."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode() if _SURROGATE.search(value) else value
+    if isinstance(value, list):
+        return [printable(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def read_json(text: str) -> Any:
+    """A stored JSON value; `UNREADABLE` when it is not JSON at all.
+
+    pydantic's parser takes well-formed text and refuses NaN, Infinity and lone surrogates, which Python's takes:
+    those (a proxy may answer with them) are read by Python's parser and made printable."""
+    try:
+        value = from_json(text, allow_inf_nan=False)
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        return printable(json.loads(text))
+    except (ValueError, RecursionError):
+        return UNREADABLE
+
+
+UNREADABLE: Any = object()
+
+
 def parse_json_lines(text: str | None) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines field (attempts, deliveries); a line that is not one is skipped."""
     if not text:
         return []
-    return [json.loads(line) for line in text.split("\n") if line]
+    values = (read_json(line) for line in text.split("\n") if line)
+    return [value for value in values if isinstance(value, dict)]
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def public_view(fields: dict[str, str]) -> dict[str, Any]:
-    """The job as callers see it (GET /v1/jobs/{id}, webhooks): no key, no owner."""
+    """The job as callers see it (GET /v1/jobs/{id}, webhooks): no key, no owner.
+
+    Whatever the record holds: a JSON field that cannot be read, or a time that is not a finite number, is left
+    out (`llmq.worker.jobs.view` checks the rest)."""
     view: dict[str, Any] = {k: v for k, v in fields.items() if k not in _PRIVATE_FIELDS}
     for name in _JSON_FIELDS:
         if name in view:
-            view[name] = json.loads(view[name])
+            value = read_json(view[name])
+            if value is UNREADABLE or value is None:
+                del view[name]
+            else:
+                view[name] = value
     for name in _FLOAT_FIELDS:
         if name in view:
-            view[name] = float(view[name])
-    view["max_attempts"] = int(fields.get("max_attempts", "1"))
+            value = _finite(view[name])
+            if value is None:
+                del view[name]
+            else:
+                view[name] = value
+    view["max_attempts"] = fields.get("max_attempts", "1")
     view["stream"] = fields.get("stream") == "1"
     view["attempts"] = parse_json_lines(fields.get("attempts"))
     view["deliveries"] = parse_json_lines(fields.get("deliveries"))
     callback = view.pop("callback", None)
-    if callback:
+    if isinstance(callback, dict) and isinstance(callback.get("url"), str):
         view["callback_url"] = callback["url"]
     return view

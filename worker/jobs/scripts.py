@@ -53,7 +53,8 @@ return ids
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
 # One read and one write of the record: every command here counts against the Redis budget per job. The job
-# keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due.
+# keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due. A number
+# the record holds is read as 0 when it is not one: an error here would hand the message back on every try.
 CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
@@ -64,8 +65,8 @@ if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
   return {'finished', status, f[4] or ''}
 end
 local now = tonumber(ARGV[1])
-if status == 'running' and tonumber(f[2] or '0') > now then return {'leased', f[2]} end
-local n = tonumber(f[3] or '0') + 1
+if status == 'running' and (tonumber(f[2]) or 0) > now then return {'leased', f[2]} end
+local n = (tonumber(f[3]) or 0) + 1
 local changes = {'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2], 'updated_at', ARGV[1],
   'attempt_started_at', ARGV[1]}
 if not f[5] then
@@ -125,9 +126,9 @@ return {'ok', ARGV[1]}
 """
 
 # KEYS: job, events
-# ARGV: owner
+# ARGV: owner ids (the caller's under each configured server secret)
 # The record (flat field/value list) and the id of the stream's last event ('0-0' for none), read together. An
-# unfinished job of this owner that nobody followed yet is marked `watched` with how far its record tells its
+# unfinished job of one of these owners that nobody followed yet is marked `watched` with how far its record tells its
 # events: 'R,C', its R attempt records and its attempt count C. From here on every event goes to the stream.
 # A stream begun without a mark (a streaming request) holds everything after `queued`: its point is '0,0'.
 WATCH = """
@@ -137,7 +138,9 @@ local last_id = last[1] and last[1][1] or '0-0'
 local h = {}
 for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
 local open = h.status == 'queued' or h.status == 'running' or h.status == 'retrying'
-if open and h.owner == ARGV[1] and not h.watched and h.stream ~= '1' then
+local mine = false
+for i = 1, #ARGV do if h.owner == ARGV[i] then mine = true end end
+if open and mine and not h.watched and h.stream ~= '1' then
   local point = '0,0'
   if last_id == '0-0' then
     local records = 0
@@ -176,11 +179,23 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'callback_status', 'callback_le
 local status, cs = f[1], f[2] or ''
 if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then return {'none', cs} end
 local now = tonumber(ARGV[1])
-local open = cs == 'pending' or cs == 'retrying' or (cs == 'delivering' and tonumber(f[3] or '0') < now)
+local open = cs == 'pending' or cs == 'retrying' or (cs == 'delivering' and (tonumber(f[3]) or 0) < now)
 if not open then return {'none', cs} end
-if tonumber(f[4] or '0') > now then return {'not_due', f[4]} end
+if (tonumber(f[4]) or 0) > now then return {'not_due', f[4]} end
 redis.call('HSET', KEYS[1], 'callback_status', 'delivering', 'callback_lease_until', ARGV[2])
 return {'claimed', f[5] or '0'}
+"""
+
+# KEYS: job
+# ARGV: attempt number, attempt_json
+# The attempt of a call that was in flight when its job was cancelled: kept with the job, since the proxy was
+# called, but only while the job is cancelled and that attempt is still its last one.
+# Returns 1 if recorded, 0 otherwise.
+RECORD_CANCELLED_ATTEMPT = """
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempt_count', 'attempts')
+if f[1] ~= 'cancelled' or f[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'attempts', f[3] and (f[3] .. '\\n' .. ARGV[2]) or ARGV[2])
+return 1
 """
 
 # The stream's length bound lives in llmq.worker.redis_keys with the key names.

@@ -43,6 +43,7 @@ class JobStore:
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
         self._claim_delivery = client.register_script(job_scripts.CLAIM_DELIVERY)
+        self._record_cancelled_attempt = client.register_script(job_scripts.RECORD_CANCELLED_ATTEMPT)
 
     def _run(self, script: Script, keys_: list[str], args: list[Any]) -> Any:
         """Every script call of the worker: `EVALSHA` on the thread's held connection (`runtime.held_connection`)."""
@@ -122,6 +123,11 @@ class JobStore:
         event = state_event(status, now, **({"error": error} if error else {}))
         done, _ = self.transition(job_id, status, allowed_from, event, attempt=attempt, now=now, **fields)
         return done
+
+    def record_cancelled_attempt(self, job_id: str, attempt: dict[str, Any]) -> bool:
+        """Keep the attempt of a call that was in flight when the job was cancelled; False if it is not so."""
+        return bool(self._run(self._record_cancelled_attempt, [redis_keys.job(job_id)],
+                              [str(attempt["n"]), dumps(attempt)]))
 
     def fail_unfinished(self, job_id: str, error: dict[str, Any]) -> bool:
         """Give up on a job from any unfinished state (the sweeper's last word)."""

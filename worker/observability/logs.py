@@ -48,12 +48,27 @@ class JsonFormatter(logging.Formatter):
         return self._encoder.encode(line)
 
 
+# Control characters and every other line break (what str.splitlines() cuts at, and terminal escapes): shown
+# escaped, so a caller's text (a model name, a proxy's message) cannot start a line of its own in a text log.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-5s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The message only: a traceback appended after it keeps its own lines.
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{n}={getattr(record, n)}" for n in _EXTRA_FIELDS if hasattr(record, n))
+        extras = " ".join(f"{n}={escape_controls(str(getattr(record, n)))}" for n in _EXTRA_FIELDS
+                          if hasattr(record, n))
         return redact(super().format(record) + (f" [{extras}]" if extras else ""))
 
 

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+import pytest
+
 from llmq.worker.observability.logs import JsonFormatter, TextFormatter
 
 
@@ -52,3 +54,29 @@ def test_an_exception_is_kept_redacted() -> None:
         rec.exc_info = sys.exc_info()
     line = json.loads(JsonFormatter().format(rec))
     assert "RuntimeError" in line["exc"] and "app-key-secret" not in line["exc"]
+
+
+FORGING_MODELS = [
+    "gpt-4o\n2026-12-06 04:00:00,000 INFO  llmq.worker: attempt succeeded [job_id=forged]",
+    "m\r\nINFO forged",
+    "m\rERROR overwritten on a terminal",
+    "m\x1b[2K\x1b[1Gerased",  # terminal escapes
+    "m\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029end",  # every other line break Python's splitlines() knows
+]
+
+
+@pytest.mark.parametrize("model", FORGING_MODELS)
+def test_a_text_line_cannot_be_split_or_forged_by_what_it_shows(model: str) -> None:
+    line = TextFormatter().format(record("attempt failed for %s", model, job_id="j_1", model=model))
+    assert len(line.splitlines()) == 1
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in line)
+    assert f"attempt failed for {model[0]}" in line and "[job_id=j_1 model=" in line
+    assert "你好" in TextFormatter().format(record("model %s", "你好"))  # other scripts stay as they are
+
+
+@pytest.mark.parametrize("model", FORGING_MODELS)
+def test_a_json_line_keeps_control_characters_inside_its_strings(model: str) -> None:
+    line = JsonFormatter().format(record("attempt failed for %s", model, job_id="j_1", model=model))
+    assert "\n" not in line and "\r" not in line
+    parsed = json.loads(line)
+    assert parsed["model"] == model and parsed["msg"] == f"attempt failed for {model}"

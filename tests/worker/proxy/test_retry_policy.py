@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import math
 
+import httpx2
 import pytest
 
 from llmq.worker.proxy.errors import (
@@ -41,18 +43,46 @@ def test_what_is_retryable(error: UpstreamError, retryable: bool) -> None:
         ({}, None),
         ({"retry-after": "2"}, 2.0),
         ({"retry-after": " 1.5 "}, 1.5),
-        ({"retry-after": "-3"}, 0.0),
         ({"retry-after": email.utils.formatdate(NOW + 30, usegmt=True)}, 30.0),
-        ({"retry-after": email.utils.formatdate(NOW - 30, usegmt=True)}, 0.0),
-        ({"retry-after": "soon"}, None),
-        ({"retry-after": ""}, None),
         ({"retry-after-ms": "1500"}, 1.5),
         ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
         ({"retry-after-ms": "abc", "retry-after": "9"}, 9.0),
+        # Huge but finite: kept here, capped by next_delay (RetryPolicy.retry_after_cap_s).
+        ({"retry-after": "1e300"}, 1e300),
+        ({"retry-after": email.utils.formatdate(NOW + 10 * 365 * 86400, usegmt=True)}, 10 * 365 * 86400.0),
+        ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, 253402300799.0 - NOW),
+        # Hostile or meaningless values: no hint, so the backoff applies.
+        *[({"retry-after": value}, None) for value in (
+            "nan", "NaN", "-nan", "inf", "+inf", "-inf", "Infinity", "-Infinity", "1e400", "-1e400",
+            "-3", "0", "0.0", "-0", "", "   ", "soon", "2 seconds", "0x10", "1_000", "١٢",
+            email.utils.formatdate(NOW - 30, usegmt=True), "Thu, 01 Jan 1970 00:00:00 GMT",
+            "Fri, 31 Dec 99999 23:59:59 GMT", "Mon, 01 Jan 2024 00:00:00",  # no zone: ambiguous
+            "x" * 10_000, "9" * 5000,
+        )],
+        *[({"retry-after-ms": value}, None) for value in (
+            "nan", "inf", "-inf", "Infinity", "1e400", "-1500", "0", "", "abc",
+        )],
+        ({"retry-after-ms": "nan", "retry-after": "nan"}, None),
+        ({"retry-after-ms": "inf", "retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "-1", "retry-after": "3"}, 3.0),
     ],
 )
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
     assert parse_retry_after(headers, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        # A repeated header reaches us joined ("2, 3"): not a number nor a date, so no hint.
+        ([("Retry-After", "2"), ("Retry-After", "3")], None),
+        ([("Retry-After", "nan"), ("Retry-After", "2")], None),
+        ([("retry-after-ms", "100"), ("retry-after-ms", "200"), ("Retry-After", "4")], 4.0),
+        ([("Retry-After", "2")], 2.0),
+    ],
+)
+def test_repeated_headers_as_httpx_joins_them(pairs: list[tuple[str, str]], expected: float | None) -> None:
+    assert parse_retry_after(httpx2.Headers(pairs), NOW) == expected
 
 
 @pytest.mark.parametrize(
@@ -71,6 +101,11 @@ def test_backoff_grows_is_capped_and_jittered(attempt: int, rand: float, expecte
         (UpstreamStatusError("x", status_code=401), 1, 3, None),
         (UpstreamStatusError("x", status_code=429, retry_after_s=7), 1, 3, 7.0),
         (UpstreamStatusError("x", status_code=429, retry_after_s=500), 1, 3, 120.0),
+        (UpstreamStatusError("x", status_code=429, retry_after_s=1e300), 1, 3, 120.0),
+        # Whatever reaches next_delay, the delay it hands Celery is a finite number in [0, cap].
+        (UpstreamStatusError("x", status_code=429, retry_after_s=math.inf), 1, 3, 1.0),
+        (UpstreamStatusError("x", status_code=429, retry_after_s=math.nan), 1, 3, 1.0),
+        (UpstreamStatusError("x", status_code=429, retry_after_s=-5), 1, 3, 1.0),
         (UpstreamTimeout("slow"), 2, 5, 2.0),
     ],
 )

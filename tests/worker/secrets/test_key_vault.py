@@ -49,3 +49,35 @@ def test_the_decrypted_key_cache_stays_bounded() -> None:
         vault.decrypt(token)
     assert len(vault._keys) == key_vault.TOKEN_CACHE_SIZE
     assert tokens[0] not in vault._keys and vault._keys[tokens[-1]] == f"app{len(tokens) - 1}:secret{len(tokens) - 1}"
+
+
+def test_the_caches_keep_the_most_recently_used() -> None:
+    vault = KeyVault("server-secret")
+    first = "app0:secret0"
+    token = vault.key_token(first, vault.owner(first))
+    assert vault.decrypt(token) == first
+    for i in range(1, key_vault.TOKEN_CACHE_SIZE + 10):
+        key = f"app{i}:secret{i}"
+        vault.decrypt(vault.key_token(key, vault.owner(key)))
+        # The busy caller stays at hand: the same token, never decrypted again.
+        assert vault.key_token(first, vault.owner(first)) == token
+        assert token in vault._keys
+        vault.decrypt(token)
+    assert len(vault._tokens) == len(vault._keys) == key_vault.TOKEN_CACHE_SIZE
+
+
+def test_after_a_rotation_old_tokens_open_and_old_owners_still_own() -> None:
+    old = KeyVault("old-server-secret")
+    key = "app1:key-alice"
+    old_token, old_owner = old.key_token(key, old.owner(key)), old.owner(key)
+    rotated = KeyVault("new-server-secret", previous=("old-server-secret",))
+    assert rotated.decrypt(old_token) == key
+    assert rotated.owner(key) != old_owner  # new records get the new fingerprint...
+    assert rotated.owners(key) == (rotated.owner(key), old_owner)  # ...and the old one still proves ownership
+    new_token = rotated.key_token(key, rotated.owner(key))
+    assert KeyVault("new-server-secret").decrypt(new_token) == key  # made with the new secret only
+    with pytest.raises(InvalidToken):
+        old.decrypt(new_token)
+    with pytest.raises(InvalidToken):
+        KeyVault("new-server-secret").decrypt(old_token)  # once the old secret is dropped, its tokens are unreadable
+    assert KeyVault("x" * 20).owners(key) == (KeyVault("x" * 20).owner(key),)
