@@ -131,7 +131,7 @@ CASES = {
                                                            deltas=True),
     "a held lease": Case(None, "running", 0, retry_s=(3000, 3600),
                          record={"status": "running", "lease_until": repr(NOW + 3600), "attempt_count": "1"}),
-    "a job cancelled mid-call": Case(cancelled_meanwhile, "cancelled", 0),
+    "a job cancelled mid-call": Case(cancelled_meanwhile, "cancelled", 1, "cancelled"),
     "a job cancelled before its message came": Case(None, "cancelled", 0, record={"status": "cancelled"}),
     "a finished job whose callback was not handed on": Case(None, "succeeded", 0,
                                                             record={"status": "succeeded", **CALLBACK}, notify=True),
