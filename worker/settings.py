@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    # Deadlines, cancels and leases of calls in flight.
+    deadline_check_s: float = Field(
+        1.0, gt=0, description="How often one worker ends jobs still waiting at their deadline (`expired`)."
+    )
+    lease_check_s: float = Field(
+        5.0, gt=0, description="How often one worker hands back, before the visibility timeout, calls whose lease "
+                               "lapsed (their worker is gone). Redis broker only.",
+    )
+
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:
