@@ -184,9 +184,12 @@ def _cancelled_attempt(rt: Runtime, job_id: str, claim: Claim, message: str) -> 
     record = {"n": claim.attempt, "started_at": claim.started_at,
               "duration_ms": round((time.time() - claim.started_at) * 1000, 1), "outcome": "cancelled",
               "status_code": None, "error_type": "cancelled", "message": message}
-    rt.store.record_cancelled_attempt(job_id, record)
-    log.info(message, extra={"job_id": job_id, "attempt": claim.attempt, "model": claim.model,
-                             "outcome": "cancelled", "duration_ms": record["duration_ms"]})
+    extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model, "duration_ms": record["duration_ms"]}
+    if not rt.store.record_cancelled_attempt(job_id, record):
+        # Not cancelled: ended otherwise meanwhile (another delivery's attempt after a lapsed lease, the sweeper).
+        log.info("attempt over after the job had ended; its answer was dropped", extra=extra)
+        return Outcome(skipped="finished")
+    log.info(message, extra={**extra, "outcome": "cancelled"})
     return Outcome(skipped="cancelled")
 
 

@@ -97,6 +97,14 @@ class InFlightCalls:
         call.task.cancel()
         return True
 
+    async def aclose(self) -> None:
+        """Stop listening and renewing (a worker process keeps both until it exits)."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        await self._redis.aclose()
+
     async def _listen(self) -> None:
         while True:
             try:
