@@ -76,15 +76,14 @@ class InFlightCalls:
         task = asyncio.ensure_future(call)
         self._calls[job_id] = _Call(task, attempt, time.time() + self.lease_s)
         try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:  # the worker is stopping: the call goes with it
-            task.cancel()
-            raise
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the worker is stopping: the call went with it
+            raise CallCancelled(job_id) from None
         finally:
             self._calls.pop(job_id, None)
-        if task.cancelled():
-            raise CallCancelled(job_id)
-        return task.result()
 
     def cancel(self, job_id: str) -> bool:
         """Abort the job's call if this process holds it; otherwise remember, in case it is about to start."""

@@ -36,7 +36,8 @@ def test_a_published_cancel_aborts_the_call(redis_url: str) -> None:
         call = asyncio.ensure_future(calls.run("job_a", 1, asyncio.sleep(30, "answer")))
         await asyncio.wait_for(calls.subscribed.wait(), 5)
         publisher = redis.Redis.from_url(redis_url)
-        assert publisher.publish(redis_keys.CANCELS_CHANNEL, "job_a") == 1
+        # Pub/sub is server-wide: other test processes on this Redis may hear it too.
+        assert publisher.publish(redis_keys.CANCELS_CHANNEL, "job_a") >= 1
         with pytest.raises(CallCancelled):
             await asyncio.wait_for(call, 5)
         # A cancel heard before the call starts keeps it from starting.
