@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from tests.brokers import BROKERS, rabbitmq_vhost
+from tests.e2e.test_live_progress import kinds, read_events
 from tests.receiver import Receiver
 from tests.stack import WEBHOOK_SECRET, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
 
@@ -82,7 +83,10 @@ def test_a_retry_that_would_start_after_the_deadline_does_not_start(
     mock_proxy.script(model, {"kind": "status", "status": 503, "headers": {"Retry-After": "4"}})
     with own_stack.client() as client:
         job_id = submit(client, chat(model), deadline=rfc3339(2.5), max_attempts=3)["id"]
+        events = read_events(client, job_id)  # followed live; the stream ends after its terminal event
         job = wait_finished(client, job_id, timeout_s=30)
+    assert kinds(events) == ["queued", "running", "expired"]
+    assert events[-1].data["error"]["status_code"] == 503
     assert job["status"] == "expired"
     assert [a["outcome"] for a in job["attempts"]] == ["http_503"]
     assert job["error"]["type"] == "http_status" and job["error"]["status_code"] == 503
