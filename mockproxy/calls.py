@@ -15,7 +15,7 @@ class CallLog:
 
     def record(self, *, model: str | None, app_id: str | None, stream: bool, at: float, outcome: str,
                status: int | None) -> dict[str, Any]:
-        """Record a request; the entry returned is updated with how it `ended` (see `chat_completions`)."""
+        """Record a request; the entry returned gets how it `ended`: `completed`, or `aborted` by the client."""
         # Only the appID is kept: the appKey half of the credential never reaches memory or output.
         call = {
             "model": model, "app_id": app_id, "stream": stream, "at": at,

@@ -65,7 +65,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # an aborted call stopped costing anything.
         call["ended"] = "aborted"
         raise
-    call["ended"] = "answered"
+    call["ended"] = "completed"
     return response
 
 

@@ -123,7 +123,7 @@ def expire_overdue(rt: Runtime, now: float | None = None, notify: Callable[[str]
                 metrics.JOBS_FINISHED.labels("expired").inc()
                 expired.append(job_id)
                 notify(job_id)
-            # Refused: it was claimed in between, and is looked at again below in the next check.
+            # Refused: it was claimed in between; the next check looks at it again.
         elif status == "running":
             # An attempt started before the deadline runs to its end; its job is looked at again once its lease
             # could have lapsed (the claim of a taken-back job expires it).
