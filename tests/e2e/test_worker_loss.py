@@ -74,12 +74,13 @@ def test_worker_killed_mid_call_the_job_still_succeeds(own_stack: Stack, mock_pr
     assert broker_is_drained(own_stack)
 
 
-def test_cancelling_mid_call_aborts_the_call(own_stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_cancelling_mid_call_aborts_the_call(own_stack: Stack, mock_proxy: MockProxy, model: str, stream: bool) -> None:
     if not own_stack.workers:
         own_stack.start_worker()
     mock_proxy.script(model, {"kind": "ok", "latency_ms": 10_000})
     with own_stack.client() as client:
-        job_id = submit(client, chat(model))["id"]
+        job_id = submit(client, chat(model, stream=stream))["id"]
         wait_status(client, job_id, "running")
         eventually(lambda: mock_proxy.calls(model), 10, "the call to be in flight at the proxy", interval_s=0.02)
         cancelled = client.delete(f"/v1/jobs/{job_id}")
