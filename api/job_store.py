@@ -66,10 +66,11 @@ class AsyncJobStore:
             idem = redis_keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.fields
             keys_ += [redis_keys.job(job.id), idem, submission.queue or ""]
-            args += [len(fields), repr(job.created_at), job.id, submission.message]
+            args += [len(fields), repr(job.created_at), job.id, submission.message,
+                     repr(job.deadline) if job.deadline is not None else ""]
             for pair in fields.items():
                 args += pair
-        keys_.append(redis_keys.ACTIVE_JOBS)
+        keys_ += [redis_keys.ACTIVE_JOBS, redis_keys.DEADLINES]
         return {"keys": keys_, "args": args}
 
     async def forget(self, submissions: list[Submission]) -> None:
@@ -79,6 +80,8 @@ class AsyncJobStore:
             job = submission.job
             pipe.delete(redis_keys.job(job.id))
             pipe.zrem(redis_keys.ACTIVE_JOBS, job.id)
+            if job.deadline is not None:
+                pipe.zrem(redis_keys.DEADLINES, job.id)
             if submission.idempotency_key:
                 pipe.delete(redis_keys.idempotency(job.owner, submission.idempotency_key))
         await pipe.execute()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from llmq.worker.jobs.view import AttemptPublic, DeliveryPublic, JobError, JobPublic
 
@@ -53,6 +54,19 @@ class JobCreate(BaseModel):
     callback_secret: str | None = Field(
         None, description="Per-job signing secret, 'whsec_<base64>'; the service secret is used otherwise."
     )
+    deadline: AwareDatetime | None = Field(
+        None,
+        description="RFC 3339 time with a timezone, e.g. 2026-12-06T05:00:00Z: no attempt starts after it, and a job "
+                    "still waiting then ends `expired`. In the future, and within the result TTL.",
+    )
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline_is_text(cls, value: Any) -> Any:
+        # pydantic would read a number as Unix seconds; the API speaks RFC 3339 only.
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError("must be an RFC 3339 time with a timezone, like 2026-12-06T05:00:00Z")
+        return value
 
 
 class ErrorBody(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -37,6 +38,21 @@ async def submission_arguments(request: Request, body_model: type[BaseModel]) ->
     }
 
 
+def check_deadline(body: JobCreate, settings: Settings, now: float) -> None:
+    """A deadline must leave the job a chance to run, and must not outlive the job's record."""
+    if body.deadline is None:
+        return
+    deadline = body.deadline.timestamp()
+    if deadline <= now:
+        raise ApiError(422, "invalid_request",
+                       f"deadline: {body.deadline.isoformat()} is in the past (it is now "
+                       f"{datetime.fromtimestamp(now, UTC).isoformat()}); give a later time, or none")
+    if deadline > now + settings.result_ttl_s:
+        raise ApiError(422, "invalid_request",
+                       f"deadline: {body.deadline.isoformat()} is more than {settings.result_ttl_s} s from now "
+                       "(LLMQ_RESULT_TTL_S): the job's record would be gone before it")
+
+
 def check_limits(body: JobCreate, settings: Settings) -> None:
     if len(body.request.messages) > settings.max_messages:
         raise ApiError(422, "invalid_request",
@@ -54,6 +70,7 @@ def check_limits(body: JobCreate, settings: Settings) -> None:
         raise ApiError(422, "invalid_request",
                        f"environment: no proxy URL is configured for {environment!r} ({variable}); "
                        f"configured: {settings.configured_environments or 'none'}")
+    check_deadline(body, settings, time.time())
 
 
 async def check_callback(body: JobCreate, settings: Settings) -> None:
@@ -96,6 +113,7 @@ def build_job(
         metadata=body.metadata,
         callback={"url": body.callback_url} if body.callback_url else None,
         callback_secret_token=vault.encrypt(body.callback_secret) if body.callback_secret else None,
+        deadline=body.deadline.timestamp() if body.deadline is not None else None,
     )
 
 

@@ -86,6 +86,9 @@ def job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", choices=("high", "normal", "low"), help="queue (default normal)")
     parser.add_argument("--environment", choices=("test", "prod"), help="which proxy the job goes to")
     parser.add_argument("--max-attempts", type=positive_int, metavar="N", help="attempts at most, first included")
+    parser.add_argument("--deadline", metavar="TIME",
+                        help="RFC 3339 time with a timezone (2026-12-06T05:00:00Z): no attempt starts after it; "
+                             "a job still waiting then ends expired (exit 7)")
     parser.add_argument("--metadata", action="append", metavar="KEY=VALUE",
                         help="kept with the job and returned as is (repeatable; JSON values allowed)")
 

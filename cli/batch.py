@@ -58,6 +58,9 @@ class Item:
             return {"code": str(error.get("type") or "failed"), "message": str(error.get("message") or "")}
         if status == "cancelled":
             return {"code": "cancelled", "message": "the job was cancelled"}
+        if status == "expired":
+            error = (self.job or {}).get("error") or {}
+            return {"code": "expired", "message": str(error.get("message") or "its deadline passed")}
         return {"code": "timeout", "message": f"the job was still {status or 'unsubmitted'} when waiting stopped; "
                                               "run the same batch again to collect it"}
 
@@ -185,7 +188,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     for item in items:
         if item.invalid:
             ctx.out.error(item.invalid)
-    extra = {name: getattr(args, name) for name in ("priority", "environment", "max_attempts")
+    extra = {name: getattr(args, name) for name in ("priority", "environment", "max_attempts", "deadline")
              if getattr(args, name) is not None}
     metadata = parse_pairs(args.metadata, "--metadata")
     deadline = time.monotonic() + (args.wait_timeout or math.inf)
@@ -231,6 +234,7 @@ def summarize(ctx: Context, items: list[Item], output: Path) -> int:
         "succeeded": statuses.count("succeeded"),
         "failed": statuses.count("failed"),
         "cancelled": statuses.count("cancelled"),
+        "expired": statuses.count("expired"),
         "invalid": sum(item.invalid is not None for item in items),
         "rejected": sum(item.error is not None for item in items),
         "unfinished": sum(item.job_id is not None and item.error is None and status not in TERMINAL

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     API_ERROR = 4  # the API refused the request (4xx)
     UNREACHABLE = 5  # the API cannot be reached, or answered 5xx
     TIMED_OUT = 6  # gave up waiting for the job to finish
+    EXPIRED = 7  # the job's deadline passed before it could be called (again)
 
 
 EXIT_CODES_HELP = """\
@@ -23,9 +24,10 @@ exit codes:
   3  the job was cancelled
   4  the API refused the request (4xx; its message is printed)
   5  cannot reach the API, or it answered 5xx
-  6  timed out waiting for the job"""
+  6  timed out waiting for the job
+  7  the job expired: its deadline passed before it could be called (again)"""
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 
 
 def exit_for_status(status: str | None) -> ExitCode:
@@ -34,6 +36,7 @@ def exit_for_status(status: str | None) -> ExitCode:
         "succeeded": ExitCode.OK,
         "failed": ExitCode.FAILED,
         "cancelled": ExitCode.CANCELLED,
+        "expired": ExitCode.EXPIRED,
     }.get(status or "", ExitCode.TIMED_OUT)
 
 

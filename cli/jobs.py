@@ -18,6 +18,9 @@ def finish_waiting(ctx: Context, job: dict[str, Any]) -> int:
         ctx.out.error(f"job {job.get('id')} failed: {error.get('type', 'error')}: {error.get('message', '')}")
     elif status == "cancelled":
         ctx.out.error(f"job {job.get('id')} was cancelled")
+    elif status == "expired":
+        error = job.get("error") or {}
+        ctx.out.error(f"job {job.get('id')} expired at its deadline {job.get('deadline')}: {error.get('message', '')}")
     elif status not in TERMINAL:
         ctx.out.error(f"job {job.get('id')} is still {status}: stopped waiting")
     return exit_for_status(status)

@@ -68,7 +68,7 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
     metadata = parse_pairs(args.metadata, "--metadata")
     if metadata:
         job["metadata"] = {**(job.get("metadata") or {}), **metadata}
-    for name in ("priority", "environment", "max_attempts", "callback_url", "callback_secret"):
+    for name in ("priority", "environment", "max_attempts", "deadline", "callback_url", "callback_secret"):
         value = getattr(args, name)
         if value is not None:
             job[name] = value

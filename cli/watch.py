@@ -65,9 +65,9 @@ class Follower:
         if status == "retrying":
             delay = float(event.get("retry_in_s") or 0)
             self.out.note(f"[retrying in {delay:.1f}s: {event.get('reason') or 'error'}]")
-        elif status == "failed":
+        elif status in ("failed", "expired"):
             error = event.get("error") or {}
-            self.out.note(f"[failed: {error.get('type', 'error')}: {error.get('message', '')}]")
+            self.out.note(f"[{status}: {error.get('type', 'error')}: {error.get('message', '')}]")
         else:
             self.out.note(f"[{status}]")
 

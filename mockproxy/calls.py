@@ -14,12 +14,15 @@ class CallLog:
         self._calls: deque[dict[str, Any]] = deque(maxlen=limit)
 
     def record(self, *, model: str | None, app_id: str | None, stream: bool, at: float, outcome: str,
-               status: int | None) -> None:
+               status: int | None) -> dict[str, Any]:
+        """Record a request; the entry returned gets how it `ended`: `completed`, or `aborted` by the client."""
         # Only the appID is kept: the appKey half of the credential never reaches memory or output.
-        self._calls.append({
+        call = {
             "model": model, "app_id": app_id, "stream": stream, "at": at,
-            "outcome": outcome, "status": status,
-        })
+            "outcome": outcome, "status": status, "ended": None,
+        }
+        self._calls.append(call)
+        return call
 
     def list(self, model: str | None = None) -> list[dict[str, Any]]:
         if model is None:

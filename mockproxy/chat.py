@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -53,11 +54,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     step, outcome, delay = _decide(state, chat)
     # Recorded before any sleeping, so a hanging call is already visible to the test that waits on it.
-    state.calls.record(model=chat.model, app_id=credential.app_id, stream=chat.stream, at=time.time(),
-                       outcome=outcome.kind, status=outcome.status)
-    if delay > 0:
-        await state.sleeper.sleep(delay)
-    return await _serve(request, state, chat, outcome, step)
+    call = state.calls.record(model=chat.model, app_id=credential.app_id, stream=chat.stream, at=time.time(),
+                              outcome=outcome.kind, status=outcome.status)
+    try:
+        if delay > 0:
+            await state.sleeper.sleep(delay)
+        response = await _serve(request, state, chat, outcome, step)
+    except asyncio.CancelledError:
+        # The client closed the connection before the answer (the server cancels the handler): tests see that
+        # an aborted call stopped costing anything.
+        call["ended"] = "aborted"
+        raise
+    call["ended"] = "completed"
+    return response
 
 
 def _parse(raw: bytes) -> ChatRequest:

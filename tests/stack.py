@@ -120,7 +120,7 @@ def wait_finished(client: httpx2.Client, job_id: str, timeout_s: float = 60) -> 
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"job {job_id} did not finish in {timeout_s}s"
         job = client.get(f"/v1/jobs/{job_id}", params={"wait": min(remaining, 30)}).json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in ("succeeded", "failed", "cancelled", "expired"):
             return job  # type: ignore[no-any-return]
 
 

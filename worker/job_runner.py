@@ -20,6 +20,7 @@ from llmq.worker.observability import metrics
 from llmq.worker.proxy.client import UpstreamClient, client_for
 from llmq.worker.proxy.errors import UpstreamError
 from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
+from llmq.worker.proxy.in_flight import CallCancelled, InFlightCalls
 from llmq.worker.proxy.retry_policy import RetryPolicy, next_delay
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.event_loop import wait
@@ -40,6 +41,7 @@ class Runtime:
     vault: KeyVault
     policy: RetryPolicy
     flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
+    calls: InFlightCalls | None = None  # None: calls can be neither aborted nor have their leases renewed
 
     @property
     def lease_s(self) -> float:
@@ -85,6 +87,7 @@ def runtime() -> Runtime:
         vault=vault_for(settings.server_secret, settings.previous_secrets),
         policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
         flow=flow_control_for(settings, client),
+        calls=InFlightCalls(settings.redis_url, call_lease_s(settings)),
     )
 
 
@@ -94,6 +97,7 @@ class Outcome:
 
     retry_in_s: float | None = None  # ask Celery for another attempt after this delay
     error: dict[str, Any] | None = None  # the job failed for good with this error
+    expired: dict[str, Any] | None = None  # the job ended `expired` (its deadline came first), with this error
     skipped: str | None = None  # nothing to do (finished, cancelled, or gone)
     notify: bool = False  # the job is finished and has a callback to deliver
     held_by: str | None = None  # a flow-control limit held the job back: no attempt was spent
@@ -169,12 +173,25 @@ def _cool_down(rt: Runtime, claim: Claim, err: UpstreamError) -> None:
         log.warning("cooldown not recorded: %s", err_, extra={"model": claim.model})
 
 
-def _keep_cancelled_attempt(rt: Runtime, job_id: str, record: dict[str, Any], what_happened: str) -> None:
-    """A call that ended after its job was cancelled still shows as an attempt: the proxy was called."""
-    cancelled = {**record, "outcome": "cancelled", "error_type": "cancelled",
-                 "message": f"the job was cancelled while this call was in flight; {what_happened}"}
-    cancelled.pop("retry_in_s", None)
-    rt.store.record_cancelled_attempt(job_id, cancelled)
+def _expired(rt: Runtime, job_id: str, claim: Claim, error: dict[str, Any], ended: bool) -> Outcome:
+    if ended:
+        metrics.JOBS_FINISHED.labels("expired").inc()
+    log.info("job expired: its deadline came before its next attempt", extra={"job_id": job_id})
+    return Outcome(expired=error, notify=ended and bool(claim.callback_status))
+
+
+def _cancelled_attempt(rt: Runtime, job_id: str, claim: Claim, message: str) -> Outcome:
+    """The job was cancelled while this attempt ran: the attempt joins its record, saying so."""
+    record = {"n": claim.attempt, "started_at": claim.started_at,
+              "duration_ms": round((time.time() - claim.started_at) * 1000, 1), "outcome": "cancelled",
+              "status_code": None, "error_type": "cancelled", "message": message}
+    extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model, "duration_ms": record["duration_ms"]}
+    if not rt.store.record_cancelled_attempt(job_id, record):
+        # Not cancelled: ended otherwise meanwhile (another delivery's attempt after a lapsed lease, the sweeper).
+        log.info("attempt over after the job had ended; its answer was dropped", extra=extra)
+        return Outcome(skipped="finished")
+    log.info(message, extra={**extra, "outcome": "cancelled"})
+    return Outcome(skipped="cancelled")
 
 
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
@@ -182,6 +199,9 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     if claim.state == "leased":
         # Another delivery holds this job; look again when its lease runs out.
         return Outcome(retry_in_s=max(float(claim.detail) - time.time(), 1.0))
+    if claim.state == "expired":
+        return _expired(rt, job_id, claim, job_error("deadline_exceeded", "the deadline passed before a call"),
+                        ended=True)
     if claim.state != "claimed":
         log.info("job not run: %s %s", claim.state, claim.detail, extra={"job_id": job_id})
         # A finished job whose callback was never handed on (its worker died in between) gets it now.
@@ -207,17 +227,29 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():
             if claim.stream:
-                completion = wait(rt.upstream.stream(
+                call = rt.upstream.stream(
                     base_url, key, body,
                     on_delta=lambda deltas: publish_deltas(rt, job_id, claim, deltas),
-                ))
+                )
             else:
-                completion = wait(rt.upstream.complete(base_url, key, body))
+                call = rt.upstream.complete(base_url, key, body)
+            # Run as a task of its own, which a cancel of the job aborts (`llmq.worker.proxy.in_flight`).
+            completion = wait(rt.calls.run(job_id, claim.attempt, call) if rt.calls is not None else call)
+    except CallCancelled:
+        return _cancelled_attempt(rt, job_id, claim, "the job was cancelled during this call; the call was aborted")
     except UpstreamError as err:
         _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
-        record = attempt_record(claim, started, err, delay, err.status_code)
         metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)
+        if delay is not None and claim.deadline is not None and time.time() + delay > claim.deadline:
+            # The next attempt would start after the deadline: it does not start, and the job ends here.
+            record = attempt_record(claim, started, err, None, err.status_code)
+            log.warning("attempt failed: %s", err.message,
+                        extra={**extra, "status_code": err.status_code, "outcome": record["outcome"],
+                               "duration_ms": record["duration_ms"]})
+            ended = rt.store.expire(job_id, err.to_dict(), record, allowed_from=("running",))
+            return _expired(rt, job_id, claim, err.to_dict(), ended)
+        record = attempt_record(claim, started, err, delay, err.status_code)
         log.warning("attempt failed: %s", err.message,
                     extra={**extra, "status_code": err.status_code, "outcome": record["outcome"],
                            "duration_ms": record["duration_ms"]})
@@ -225,21 +257,19 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             metrics.RETRIES.labels(record["outcome"]).inc()
             return Outcome(retry_in_s=delay)
         error = err.to_dict()
-        finished = rt.store.finish(job_id, "failed", record, error=error)
-        if finished:
-            metrics.JOBS_FINISHED.labels("failed").inc()
-        else:
-            _keep_cancelled_attempt(rt, job_id, record, f"the call failed: {err.message}")
-        return Outcome(error=error, notify=finished and bool(claim.callback_status))
+        if not rt.store.finish(job_id, "failed", record, error=error):
+            return _cancelled_attempt(rt, job_id, claim, f"the call failed after the job was cancelled: {err.message}")
+        metrics.JOBS_FINISHED.labels("failed").inc()
+        return Outcome(error=error, notify=bool(claim.callback_status))
 
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(claim.model, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)
-    if finished:
-        metrics.JOBS_FINISHED.labels("succeeded").inc()
-        count_tokens(claim, completion.data)
-    else:
-        _keep_cancelled_attempt(rt, job_id, record, "the proxy answered; the result was dropped")
-    log.info("attempt succeeded" if finished else "attempt succeeded after the job was cancelled; result dropped",
-             extra={**extra, "status_code": 200, "outcome": "ok", "duration_ms": record["duration_ms"]})
-    return Outcome(notify=finished and bool(claim.callback_status))
+    if not finished:
+        return _cancelled_attempt(rt, job_id, claim, "the call finished after the job was cancelled; its answer "
+                                                     "was dropped")
+    metrics.JOBS_FINISHED.labels("succeeded").inc()
+    count_tokens(claim, completion.data)
+    log.info("attempt succeeded", extra={**extra, "status_code": 200, "outcome": "ok",
+                                         "duration_ms": record["duration_ms"]})
+    return Outcome(notify=bool(claim.callback_status))

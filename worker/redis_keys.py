@@ -16,9 +16,20 @@ QUEUES_IN_ORDER = (WEBHOOK_QUEUE, *QUEUE_BY_PRIORITY.values())
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"
 """Sorted set of unfinished job ids, scored by last change: the sweeper's index."""
 
+DEADLINES = f"{PREFIX}:jobs:deadlines"
+"""Sorted set of unfinished jobs that have a deadline, scored by it: what the deadline check reads."""
+
+CANCELS_CHANNEL = f"{PREFIX}:cancels"
+"""Pub/sub channel on which cancelling a running job names it; each worker process listens once."""
 
 SWEEPER_LOCK = f"{PREFIX}:sweeper:lock"
 """Held by the one worker sweeping for stuck jobs at a time."""
+
+DEADLINES_LOCK = f"{PREFIX}:deadlines:lock"
+"""Held by the one worker ending jobs past their deadline at a time."""
+
+LEASES_LOCK = f"{PREFIX}:leases:lock"
+"""Held by the one worker taking back calls whose lease lapsed at a time."""
 
 
 def job(job_id: str) -> str:

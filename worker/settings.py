@@ -143,6 +143,14 @@ class Settings(BaseSettings):
     secret_previous: SecretStr | None = Field(
         None, description="Earlier server secrets, comma-separated, newest first; LLMQ_SECRET encrypts new records."
     )
+    # Deadlines, cancels and leases of calls in flight.
+    deadline_check_s: float = Field(
+        1.0, gt=0, description="How often one worker ends jobs still waiting at their deadline (`expired`)."
+    )
+    lease_check_s: float = Field(
+        5.0, gt=0, description="How often one worker hands back, before the visibility timeout, calls whose lease "
+                               "lapsed (their worker is gone). Redis broker only.",
+    )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod

@@ -4,6 +4,13 @@ The broker redelivers a lost worker's messages by itself. The sweeper is for wha
 past that: a message lost with its broker, an API that died between recording a job
 and publishing it, a retry whose message vanished. One worker at a time sweeps (a Redis
 lock), every `sweep_interval_s`, on a thread of its own.
+
+The same thread runs two frequent checks, each also by one worker at a time:
+- deadlines (every `deadline_check_s`): a job still waiting at its deadline ends `expired`;
+- leases (every `lease_check_s`, Redis broker only): a call whose job's lease lapsed (its worker is gone:
+  a live worker renews the leases of its long calls, `llmq.worker.proxy.in_flight`) has its message handed
+  back to the queue at once, rather than after the broker's visibility timeout. RabbitMQ hands a lost
+  worker's messages back by itself as soon as its connection drops.
 """
 
 from __future__ import annotations
@@ -16,12 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+import redis
+
 from llmq.worker import redis_keys
 from llmq.worker.job_runner import Runtime
-from llmq.worker.jobs.record import job_error
+from llmq.worker.jobs.record import deadline_error, job_error
+from llmq.worker.observability import metrics
+from llmq.worker.runtime.redis_transport import deliveries_before, push_back, task_of
 
 log = logging.getLogger("llmq.sweeper")
 MAX_REQUEUES = 3
+CALL_TASK = "llmq.call_proxy"
 BATCH = 500
 Publish = Callable[[str, str, str], None]
 
@@ -97,6 +109,70 @@ def sweep(
     return report
 
 
+def expire_overdue(rt: Runtime, now: float | None = None, notify: Callable[[str], None] = lambda _: None) -> list[str]:
+    """End `expired` every waiting job whose deadline has passed; the ids of those ended."""
+    now = time.time() if now is None else now
+    expired: list[str] = []
+    due = cast(list[str], rt.redis.zrangebyscore(redis_keys.DEADLINES, 0, now, start=0, num=BATCH))
+    for job_id in due:
+        status, lease_until, deadline = cast(
+            list[str | None], rt.redis.hmget(redis_keys.job(job_id), ["status", "lease_until", "deadline"])
+        )
+        if status in ("queued", "retrying") and deadline is not None:
+            if rt.store.expire(job_id, deadline_error(float(deadline))):
+                metrics.JOBS_FINISHED.labels("expired").inc()
+                expired.append(job_id)
+                notify(job_id)
+            # Refused: it was claimed in between; the next check looks at it again.
+        elif status == "running":
+            # An attempt started before the deadline runs to its end; its job is looked at again once its lease
+            # could have lapsed (the claim of a taken-back job expires it).
+            rt.redis.zadd(redis_keys.DEADLINES, {job_id: max(float(lease_until or 0), now + 1)}, xx=True)
+        else:  # finished, or gone with its TTL
+            rt.redis.zrem(redis_keys.DEADLINES, job_id)
+    if expired:
+        log.info("deadline check: %d job(s) expired", len(expired))
+    return expired
+
+
+def take_back_lapsed(rt: Runtime, broker: redis.Redis, now: float | None = None) -> list[str]:
+    """Hand back to their queues the calls whose job's lease lapsed; the ids of those jobs."""
+    now = time.time() if now is None else now
+    taken: list[str] = []
+    # A call delivered less than a lease ago cannot have a lapsed lease yet.
+    for member in deliveries_before(broker, now - rt.lease_s, BATCH):
+        task = task_of(member)
+        if task is None or task[0] != CALL_TASK or not task[1] or task[2] not in redis_keys.QUEUES_IN_ORDER:
+            continue
+        job_id = str(task[1][0])
+        status, lease_until = cast(list[str | None], rt.redis.hmget(redis_keys.job(job_id), ["status", "lease_until"]))
+        if status == "running" and float(lease_until or 0) < now and push_back(broker, member, task[2]):
+            taken.append(job_id)
+    if taken:
+        log.warning("lease check: %d call(s) of a lost worker handed back: %s", len(taken), ", ".join(taken[:10]))
+    return taken
+
+
+def broker_redis(url: str) -> redis.Redis | None:
+    """A client of the broker when it is a Redis (where unacknowledged deliveries can be read); None otherwise."""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=10)
+
+
+@dataclass
+class _Periodic:
+    """One of the sweeper thread's jobs: run by one worker at a time (a lock), about every `interval_s`."""
+
+    interval_s: float
+    lock: str
+    run: Callable[[], object]
+    due_at: float = 0.0
+
+    def schedule(self, now: float) -> None:
+        self.due_at = now + self.interval_s * random.uniform(0.8, 1.2)
+
+
 class Sweeper(threading.Thread):
     def __init__(self, rt: Runtime, publish: Publish, notify: Callable[[str], None]) -> None:
         super().__init__(name="llmq-sweeper", daemon=True)
@@ -104,15 +180,33 @@ class Sweeper(threading.Thread):
         self.publish = publish
         self.notify = notify
         self.stopping = threading.Event()
+        settings = rt.settings
+        self.jobs = [
+            _Periodic(settings.sweep_interval_s, redis_keys.SWEEPER_LOCK,
+                      lambda: sweep(self.rt, self.publish, notify=self.notify)),
+            _Periodic(settings.deadline_check_s, redis_keys.DEADLINES_LOCK,
+                      lambda: expire_overdue(self.rt, notify=self.notify)),
+        ]
+        broker = broker_redis(settings.effective_broker_url)
+        if broker is not None:
+            self.jobs.append(_Periodic(settings.lease_check_s, redis_keys.LEASES_LOCK,
+                                       lambda: take_back_lapsed(self.rt, broker)))
+        now = time.time()
+        for job in self.jobs:
+            job.schedule(now)
 
     def run(self) -> None:
-        interval = self.rt.settings.sweep_interval_s
-        while not self.stopping.wait(interval * random.uniform(0.8, 1.2)):
-            try:
-                if self.rt.redis.set(redis_keys.SWEEPER_LOCK, "1", nx=True, ex=max(int(interval), 1)):
-                    sweep(self.rt, self.publish, notify=self.notify)
-            except Exception:  # a sweep must never take the worker down; the next one tries again
-                log.exception("sweep failed")
+        while not self.stopping.wait(max(min(job.due_at for job in self.jobs) - time.time(), 0)):
+            now = time.time()
+            for job in self.jobs:
+                if job.due_at > now:
+                    continue
+                job.schedule(now)
+                try:
+                    if self.rt.redis.set(job.lock, "1", nx=True, px=max(int(job.interval_s * 1000), 100)):
+                        job.run()
+                except Exception:  # a sweep must never take the worker down; the next one tries again
+                    log.exception("%s failed", job.lock)
 
     def stop(self) -> None:
         self.stopping.set()

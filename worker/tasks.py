@@ -22,7 +22,11 @@ class JobFailed(Exception):
     """The job ended `failed`; raised so Flower shows the task as FAILURE."""
 
 
-@app.task(bind=True, name="llmq.call_proxy", max_retries=None, throws=(JobFailed,))
+class JobExpired(Exception):
+    """The job ended `expired` (its deadline came before its next attempt); Flower shows the task as FAILURE."""
+
+
+@app.task(bind=True, name="llmq.call_proxy", max_retries=None, throws=(JobFailed, JobExpired))
 def call_proxy(self: Task, job_id: str) -> str:
     """Make one attempt at a job's proxy call; schedule the next through Celery's retry."""
     try:
@@ -43,6 +47,8 @@ def call_proxy(self: Task, job_id: str) -> str:
         raise self.retry(countdown=outcome.retry_in_s)
     if outcome.error is not None:
         raise JobFailed(f"{outcome.error['type']}: {outcome.error['message']}")
+    if outcome.expired is not None:
+        raise JobExpired(f"{outcome.expired['type']}: {outcome.expired['message']}")
     return outcome.skipped or "succeeded"
 
 

@@ -120,7 +120,7 @@ async def get_job(
 
 @router.delete("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
 async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> Response:
-    """Cancel a job that has not finished; no new proxy call starts for it."""
+    """Cancel a job that has not finished: no new proxy call starts for it, and a call in flight is aborted."""
     fields = await owned_fields(store, job_id, caller)
     cancelled, status = await store.cancel(job_id)
     if not cancelled:

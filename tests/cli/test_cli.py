@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,16 @@ def test_cancel_then_cancel_again(llmq: Run, mock_proxy: MockProxy, model: str) 
     assert again.returncode == 4
     assert again.stderr.startswith("llmq: ") and "already finished" in again.stderr and "409" in again.stderr
     assert llmq("get", job_id, "--wait", "5").returncode == 3
+
+
+def test_a_job_whose_retry_would_start_after_its_deadline_exits_7(llmq: Run, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "status", "status": 503, "headers": {"Retry-After": "4"}})
+    deadline = (datetime.now(UTC) + timedelta(seconds=2.5)).isoformat()
+    result = llmq("submit", "--model", model, "--message", "x", "--deadline", deadline, "--wait", "30")
+    assert result.returncode == 7, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "expired" and [a["outcome"] for a in job["attempts"]] == ["http_503"]
+    assert "expired at its deadline" in result.stderr
 
 
 def test_a_job_the_proxy_refuses_exits_1(llmq: Run, mock_proxy: MockProxy, model: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx2
 
 from tests.flower import FLOWER_AUTH
@@ -39,3 +41,17 @@ def test_flower_shows_retry_then_success(stack: Stack, mock_proxy: MockProxy, fl
     workers = httpx2.get(f"{flower}/api/workers", auth=FLOWER_AUTH, params={"refresh": "1"}, timeout=10)
     assert workers.status_code == 200 and workers.json(), "Flower lists the running worker"
     assert CALLER_APP_KEY not in workers.text
+
+
+def test_flower_shows_an_expired_jobs_task_as_failure(
+    stack: Stack, mock_proxy: MockProxy, flower: str, model: str
+) -> None:
+    # The retry the proxy asks for would start after the deadline: the task ends the job `expired`.
+    mock_proxy.script(model, {"kind": "status", "status": 503, "headers": {"Retry-After": "4"}})
+    deadline = (datetime.now(UTC) + timedelta(seconds=2.5)).isoformat()
+    with stack.client() as client:
+        job_id = submit(client, chat(model), deadline=deadline)["id"]
+        assert wait_finished(client, job_id)["status"] == "expired"
+    eventually(lambda: "FAILURE" in task_states(flower, job_id), 10, "Flower to show the task's failure", 0.1)
+    (task,) = job_tasks(flower, job_id)
+    assert "JobExpired" in (task.get("exception") or "")

@@ -14,7 +14,7 @@ import pytest
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from tests.brokers import BROKERS, pending_messages, rabbitmq_vhost
-from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
+from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status, wait_until
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -71,4 +71,25 @@ def test_worker_killed_mid_call_the_job_still_succeeds(own_stack: Stack, mock_pr
     assert job["status"] == "succeeded"
     assert [a["outcome"] for a in job["attempts"]] == ["worker_lost", "ok"]
     assert len(mock_proxy.calls(model)) == 2
+    assert broker_is_drained(own_stack)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cancelling_mid_call_aborts_the_call(own_stack: Stack, mock_proxy: MockProxy, model: str, stream: bool) -> None:
+    if not own_stack.workers:
+        own_stack.start_worker()
+    mock_proxy.script(model, {"kind": "ok", "latency_ms": 10_000})
+    with own_stack.client() as client:
+        job_id = submit(client, chat(model, stream=stream))["id"]
+        wait_status(client, job_id, "running")
+        eventually(lambda: mock_proxy.calls(model), 10, "the call to be in flight at the proxy", interval_s=0.02)
+        cancelled = client.delete(f"/v1/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        # However the call ends (aborted, or answered after its 10 s), the mock says so.
+        (call,) = eventually(lambda: [c for c in mock_proxy.calls(model) if c["ended"]], 30, "the call to end")
+        job = wait_until(client, job_id, lambda job: job["attempts"], timeout_s=30)
+    assert call["ended"] == "aborted", "the proxy answered a cancelled job's call: its tokens were spent"
+    assert job["status"] == "cancelled"
+    assert [a["outcome"] for a in job["attempts"]] == ["cancelled"]
+    assert "result" not in job
     assert broker_is_drained(own_stack)

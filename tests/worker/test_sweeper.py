@@ -17,7 +17,7 @@ from llmq.worker.proxy.client import UpstreamClient
 from llmq.worker.proxy.retry_policy import RetryPolicy
 from llmq.worker.secrets.key_vault import KeyVault
 from llmq.worker.settings import load_settings
-from llmq.worker.sweeper import MAX_REQUEUES, sweep
+from llmq.worker.sweeper import MAX_REQUEUES, expire_overdue, sweep
 
 NOW = time.time()
 VISIBILITY = 600
@@ -125,3 +125,37 @@ def test_a_finished_job_left_in_the_index_leaves_it(rt: Runtime) -> None:
     job_id = make_job(rt, "succeeded", 5000)
     assert sweep(rt, lambda *args: None, now=NOW).requeued == []
     assert rt.redis.zscore(redis_keys.ACTIVE_JOBS, job_id) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "ends_expired", "index"),
+    [
+        ("queued", {}, True, "gone"),
+        ("retrying", {"next_attempt_at": repr(NOW + 30)}, True, "gone"),
+        # An attempt in flight runs to its end; the job is looked at again once its lease could have lapsed.
+        ("running", {"lease_until": repr(NOW + 40)}, False, NOW + 40),
+        ("succeeded", {}, False, "gone"),
+    ],
+)
+def test_what_the_deadline_check_expires(
+    rt: Runtime, status: str, fields: dict[str, str], ends_expired: bool, index: object
+) -> None:
+    job_id = make_job(rt, status, 100, deadline=repr(NOW - 1), **fields)
+    rt.redis.zadd(redis_keys.DEADLINES, {job_id: NOW - 1})
+    notified: list[str] = []
+    assert expire_overdue(rt, now=NOW, notify=notified.append) == ([job_id] if ends_expired else [])
+    job = rt.store.get(job_id)
+    assert job is not None
+    assert job["status"] == ("expired" if ends_expired else status)
+    assert notified == ([job_id] if ends_expired else [])
+    if ends_expired:
+        assert job["error"]["type"] == "deadline_exceeded" and "next_attempt_at" not in job
+    score = rt.redis.zscore(redis_keys.DEADLINES, job_id)
+    assert score == (None if index == "gone" else index)
+
+
+def test_a_job_whose_deadline_is_ahead_is_left_alone(rt: Runtime) -> None:
+    job_id = make_job(rt, "queued", 100, deadline=repr(NOW + 60))
+    rt.redis.zadd(redis_keys.DEADLINES, {job_id: NOW + 60})
+    assert expire_overdue(rt, now=NOW) == []
+    assert rt.redis.zscore(redis_keys.DEADLINES, job_id) == NOW + 60

@@ -12,18 +12,19 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic_core import from_json
 
-Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+Status = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled", "expired"]
 Priority = Literal["high", "normal", "low"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "expired"})
 UNFINISHED: tuple[str, ...] = ("queued", "running", "retrying")
 
 JOB_ID_PREFIX = "job_"
 _JSON_FIELDS = ("metadata", "result", "error", "callback")
-_FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_attempt_at")
+_FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "deadline")
 # Fields that never leave the store through the public view: internal ones, and the request, which is the
 # caller's own and not part of JobPublic (parsing it, up to megabytes, only to drop it slowed every read).
 _PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "attempt_count",
@@ -61,6 +62,7 @@ class NewJob:
     metadata: dict[str, Any] | None = None
     callback: dict[str, Any] | None = None
     callback_secret_token: str | None = None
+    deadline: float | None = None  # epoch seconds: past it, the job is no longer called and ends `expired`
 
     @functools.cached_property
     def fields(self) -> dict[str, str]:
@@ -88,6 +90,8 @@ class NewJob:
             fields["callback_secret_token"] = self.callback_secret_token
         if self.callback is not None:
             fields["callback_status"] = "pending"
+        if self.deadline is not None:
+            fields["deadline"] = repr(self.deadline)
         return fields
 
 
@@ -104,6 +108,12 @@ def state_event(status: str, at: float, **details: Any) -> str:
 def job_error(error_type: str, message: str) -> dict[str, Any]:
     """The `error` of a job that failed without an answer from the proxy to show."""
     return {"type": error_type, "message": message, "status_code": None, "body_excerpt": None}
+
+
+def deadline_error(deadline: float) -> dict[str, Any]:
+    """The `error` of a job that reached its deadline while waiting for an attempt."""
+    at = datetime.fromtimestamp(deadline, UTC).isoformat().replace("+00:00", "Z")
+    return job_error("deadline_exceeded", f"the job's deadline ({at}) passed while it waited for an attempt")
 
 
 def is_terminal_event(event: dict[str, Any]) -> bool:

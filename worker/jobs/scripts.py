@@ -1,7 +1,7 @@
 """Lua scripts that change a job's record atomically.
 
 A job's status only moves forward: queued → running ⇄ retrying → succeeded | failed |
-cancelled. Each script checks the current status, applies the change, appends the event
+cancelled | expired. Each script checks the current status, applies the change, appends the event
 to the job's stream and keeps the index of unfinished jobs, in one round trip. A
 redelivered message for a finished job therefore finds nothing to do.
 
@@ -19,26 +19,30 @@ from typing import NamedTuple
 
 from llmq.worker import redis_keys
 from llmq.worker.jobs.record import TERMINAL
-from llmq.worker.redis_keys import EVENTS_MAXLEN
+from llmq.worker.redis_keys import CANCELS_CHANNEL, EVENTS_MAXLEN
+
+# `local terminal = {...}` for a script that asks whether a status is final.
+_TERMINAL_TABLE = "local terminal = {" + ", ".join(f"{status} = true" for status in sorted(TERMINAL)) + "}"
 
 # Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
-# KEYS: per job: job, idempotency ('' for none), broker queue ('' to publish separately); then active
-# ARGV: ttl_s, then per job: pair_count, now, job_id, broker message, field, value, ...
+# KEYS: per job: job, idempotency ('' for none), broker queue ('' to publish separately); then active, deadlines
+# ARGV: ttl_s, then per job: pair_count, now, job_id, broker message, deadline ('' for none), field, value, ...
 # No event is written here: a job's `queued` event is always told from its record (api.event_history).
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay).
 SUBMIT = """
-local ttl, active = ARGV[1], KEYS[#KEYS]
+local ttl, active, deadlines = ARGV[1], KEYS[#KEYS - 1], KEYS[#KEYS]
 local ids, a = {}, 2
-for k = 1, #KEYS - 1, 3 do
-  local pairs_end = a + 3 + 2 * tonumber(ARGV[a])
-  local now, id, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+for k = 1, #KEYS - 2, 3 do
+  local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
+  local now, id, message, deadline = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local existing = KEYS[k + 1] ~= '' and redis.call('GET', KEYS[k + 1])
   if existing then
     ids[#ids + 1] = existing
   else
-    redis.call('HSET', KEYS[k], unpack(ARGV, a + 4, pairs_end))
+    redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
     redis.call('EXPIRE', KEYS[k], ttl)
     redis.call('ZADD', active, now, id)
+    if deadline ~= '' then redis.call('ZADD', deadlines, deadline, id) end
     if KEYS[k + 1] ~= '' then redis.call('SET', KEYS[k + 1], id, 'EX', ttl) end
     if KEYS[k + 2] ~= '' then redis.call('LPUSH', KEYS[k + 2], message) end
     ids[#ids + 1] = id
@@ -48,56 +52,87 @@ end
 return ids
 """
 
-# KEYS: job, events
-# ARGV: now, lease_until
-# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream}
+# KEYS: job, events, active, deadlines
+# ARGV: now, lease_until, job_id, expired_event_json, expired_error_json, ttl_s
+# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream,
+#         deadline}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
+#      or {'expired', callback_status}: the job's deadline had passed, and the job now ends `expired`, uncalled
+#      or {'expiring', deadline}: it has, but ARGV[4] was '': call again with the expiry's event and error
 # One read and one write of the record: every command here counts against the Redis budget per job. The job
 # keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due. A number
 # the record holds is read as 0 when it is not one: an error here would hand the message back on every try.
 CLAIM = """
+TERMINAL_TABLE
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
-  'attempt_started_at')
+  'attempt_started_at', 'deadline')
 local status = f[1]
 if not status then return {'missing'} end
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+if terminal[status] then
   return {'finished', status, f[4] or ''}
 end
 local now = tonumber(ARGV[1])
 if status == 'running' and (tonumber(f[2]) or 0) > now then return {'leased', f[2]} end
+local followed = f[12] or f[13] == '1'
+local deadline = tonumber(f[15] or '')
+local expired = deadline and deadline <= now
+-- The expiry's event and error come with a second call, made only for an expired job.
+if expired and ARGV[4] == '' then return {'expiring', f[15]} end
 local n = (tonumber(f[3]) or 0) + 1
+local lost
+if status == 'running' then
+  -- The previous holder vanished mid-call (worker lost): its attempt counts, and says so.
+  lost = '{"n":' .. (n - 1) .. (f[14] and (',"started_at":' .. f[14]) or '') ..
+    ',"outcome":"worker_lost","error_type":"worker_lost",' ..
+    '"message":"the worker holding this attempt stopped before it finished","finished_at":' .. ARGV[1] .. '}'
+  local prev = redis.call('HGET', KEYS[1], 'attempts')
+  lost = prev and (prev .. '\\n' .. lost) or lost
+end
+if expired then
+  -- Past its deadline: never called from here on.
+  local ended = {'status', 'expired', 'updated_at', ARGV[1], 'finished_at', ARGV[1], 'error', ARGV[5]}
+  if lost then
+    table.insert(ended, 'attempts')
+    table.insert(ended, lost)
+  end
+  redis.call('HSET', KEYS[1], unpack(ended))
+  redis.call('HDEL', KEYS[1], 'next_attempt_at')
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  if followed then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
+    redis.call('EXPIRE', KEYS[2], ARGV[6])
+  end
+  return {'expired', f[4] or ''}
+end
 local changes = {'status', 'running', 'attempt_count', n, 'lease_until', ARGV[2], 'updated_at', ARGV[1],
   'attempt_started_at', ARGV[1]}
 if not f[5] then
   table.insert(changes, 'started_at')
   table.insert(changes, ARGV[1])
 end
-if status == 'running' then
-  -- The previous holder vanished mid-call (worker lost): its attempt counts, and says so.
-  local lost = '{"n":' .. (n - 1) .. (f[14] and (',"started_at":' .. f[14]) or '') ..
-    ',"outcome":"worker_lost","error_type":"worker_lost",' ..
-    '"message":"the worker holding this attempt stopped before it finished","finished_at":' .. ARGV[1] .. '}'
-  local prev = redis.call('HGET', KEYS[1], 'attempts')
+if lost then
   table.insert(changes, 'attempts')
-  table.insert(changes, prev and (prev .. '\\n' .. lost) or lost)
+  table.insert(changes, lost)
 end
 redis.call('HSET', KEYS[1], unpack(changes))
-if f[12] or f[13] == '1' then
+if followed then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
     '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 end
-return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[13] or ''}
+return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[13] or '', f[15] or ''}
 """
 
-# KEYS: job, events, active
+# KEYS: job, events, active, deadlines
 # ARGV: to_status, allowed_from (',a,b,'), now, event_json, attempt_json ('' for none),
 #       terminal ('1'|'0'), job_id, ttl_s, field, value, ...
 # A followed job's event stream gets the record's TTL here: the stream is born with the watch, a claim or a
 # cancel, and every job ends with this script (the sweeper fails those that never move).
+# Cancelling a running job announces it on the cancel channel: the worker holding its call aborts it.
 # Returns {'ok', to_status} or {'refused', current_status} or {'missing'}
 TRANSITION = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at', 'watched', 'stream')
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at', 'watched', 'stream', 'deadline')
 local status = f[1]
 if not status then return {'missing'} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {'refused', status} end
@@ -119,6 +154,8 @@ if ARGV[6] == '1' then
   if f[3] then redis.call('HDEL', KEYS[1], 'next_attempt_at') end
   if followed then redis.call('EXPIRE', KEYS[2], ARGV[8]) end
   redis.call('ZREM', KEYS[3], ARGV[7])
+  if f[6] then redis.call('ZREM', KEYS[4], ARGV[7]) end
+  if ARGV[1] == 'cancelled' and status == 'running' then redis.call('PUBLISH', 'CANCELS_CHANNEL', ARGV[7]) end
 else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
 end
@@ -174,10 +211,11 @@ return current
 # same job (a redelivered message, a cancel racing a worker) never both send it.
 # Returns {'claimed', attempts_made} | {'not_due', next_at} | {'none', callback_status}
 CLAIM_DELIVERY = """
+TERMINAL_TABLE
 local f = redis.call('HMGET', KEYS[1], 'status', 'callback_status', 'callback_lease_until', 'callback_next_at',
   'callback_attempts')
 local status, cs = f[1], f[2] or ''
-if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then return {'none', cs} end
+if not terminal[status] then return {'none', cs} end
 local now = tonumber(ARGV[1])
 local open = cs == 'pending' or cs == 'retrying' or (cs == 'delivering' and (tonumber(f[3]) or 0) < now)
 if not open then return {'none', cs} end
@@ -198,9 +236,27 @@ redis.call('HSET', KEYS[1], 'attempts', f[3] and (f[3] .. '\\n' .. ARGV[2]) or A
 return 1
 """
 
-# The stream's length bound lives in llmq.worker.redis_keys with the key names.
-SUBMIT, CLAIM, TRANSITION = (
-    script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)) for script in (SUBMIT, CLAIM, TRANSITION)
+# KEYS: the records of the jobs a worker is calling for
+# ARGV: lease_until, then each job's attempt number
+# A live worker keeps the leases of its long calls: a job whose lease lapses is taken back (`llmq.worker.sweeper`).
+# Only the attempt the worker holds is renewed; a job another worker has taken over since is left alone.
+RENEW_LEASES = """
+local renewed = 0
+for i = 1, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], 'status', 'attempt_count')
+  if f[1] == 'running' and f[2] == ARGV[i + 1] then
+    redis.call('HSET', KEYS[i], 'lease_until', ARGV[1])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+# The stream's length bound lives in llmq.worker.redis_keys with the key names, the terminal statuses with the record.
+SUBMIT, CLAIM, TRANSITION, CLAIM_DELIVERY = (
+    script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)).replace("TERMINAL_TABLE", _TERMINAL_TABLE)
+    .replace("CANCELS_CHANNEL", CANCELS_CHANNEL)
+    for script in (SUBMIT, CLAIM, TRANSITION, CLAIM_DELIVERY)
 )
 
 
@@ -238,7 +294,8 @@ def transition_call(
     if fields:
         for pair in fields.items():
             args += pair
-    return ScriptCall([redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS], args)
+    keys = [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS, redis_keys.DEADLINES]
+    return ScriptCall(keys, args)
 
 
 def update_callback_call(

@@ -11,7 +11,7 @@ from redis.commands.core import Script
 
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
-from llmq.worker.jobs.record import UNFINISHED, dumps, public_view, state_event
+from llmq.worker.jobs.record import UNFINISHED, deadline_error, dumps, public_view, state_event
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.held_connection import HeldConnections
 
@@ -20,7 +20,7 @@ from llmq.worker.runtime.held_connection import HeldConnections
 class Claim:
     """What claiming a job found: `claimed` (with what the call needs), or why not."""
 
-    state: str  # claimed | missing | finished | leased
+    state: str  # claimed | missing | finished | leased | expired (past its deadline: it ends here, uncalled)
     attempt: int = 0
     key_token: str = ""
     request: str = ""  # the chat body as stored: JSON text, sent to the proxy as it is
@@ -32,6 +32,11 @@ class Claim:
     app_id: str = ""
     detail: str = ""
     started_at: float = 0.0  # the claim's time: the attempt's start, as the record and its events tell it
+    deadline: float | None = None  # epoch seconds; no attempt starts after it
+
+
+# Claim arguments for a job that turns out not to be past its deadline (nearly all of them).
+_NO_EXPIRY = ("", "", 0)
 
 
 class JobStore:
@@ -54,14 +59,22 @@ class JobStore:
 
     def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
         now = time.time() if now is None else now
-        keys_ = [redis_keys.job(job_id), redis_keys.job_events(job_id)]
-        reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s)])
+        keys_ = [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS, redis_keys.DEADLINES]
+        # The expiry's event and error are made only when needed, by a second call (see `_expired_args`).
+        reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s), job_id, *_NO_EXPIRY])
+        if reply[0] == "expiring":
+            reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s), job_id,
+                                                   *self._expired_args(now, float(reply[1]))])
         state = reply[0]
         if state == "finished":
             return Claim(state=state, detail=reply[1], callback_status=reply[2])
+        if state == "expired":
+            return Claim(state=state, callback_status=reply[1])
         if state != "claimed":
             return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
-        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream = reply
+        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream, deadline = (
+            reply
+        )
         return Claim(
             state="claimed",
             attempt=int(attempt),
@@ -74,7 +87,12 @@ class JobStore:
             callback_status=callback_status,
             app_id=app_id,
             started_at=now,
+            deadline=float(deadline) if deadline else None,
         )
+
+    def _expired_args(self, now: float, deadline: float) -> list[str | int]:
+        error = deadline_error(deadline)
+        return [state_event("expired", now, error=error), dumps(error), self.ttl_s]
 
     def transition(
         self,
@@ -123,6 +141,11 @@ class JobStore:
         event = state_event(status, now, **({"error": error} if error else {}))
         done, _ = self.transition(job_id, status, allowed_from, event, attempt=attempt, now=now, **fields)
         return done
+
+    def expire(self, job_id: str, error: dict[str, Any], attempt: dict[str, Any] | None = None,
+               allowed_from: tuple[str, ...] = ("queued", "retrying")) -> bool:
+        """End a job that may not start another attempt before its deadline."""
+        return self.finish(job_id, "expired", attempt, error=error, allowed_from=allowed_from)
 
     def record_cancelled_attempt(self, job_id: str, attempt: dict[str, Any]) -> bool:
         """Keep the attempt of a call that was in flight when the job was cancelled; False if it is not so."""

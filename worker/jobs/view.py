@@ -15,7 +15,7 @@ from pydantic_core import from_json
 from llmq.worker.jobs.record import NewJob, public_view
 
 log = logging.getLogger("llmq.worker.jobs")
-JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled", "expired"]
 
 
 class AttemptPublic(BaseModel):
@@ -65,6 +65,9 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = Field(None, description="When a retrying job is due again.")
+    deadline: datetime | None = Field(
+        None, description="No attempt starts after this (UTC); a job still waiting then ends `expired`."
+    )
     # Factories, not `[]`: pydantic deep-copies a mutable default on every validation (12 → 3 µs a job view).
     attempts: list[AttemptPublic] = Field(default_factory=list)
     result: dict[str, Any] | None = Field(None, description="The proxy's ChatCompletion, as received.")
@@ -156,6 +159,7 @@ def new_job_json_bytes(job: NewJob) -> bytes:
         "id": job.id, "status": "queued", "model": job.model, "environment": job.environment,
         "priority": job.priority, "max_attempts": job.max_attempts, "stream": job.stream,
         "created_at": job.created_at, "updated_at": job.created_at, "metadata": job.metadata,
+        "deadline": job.deadline,
     }
     if job.callback is not None:
         view["callback_url"] = job.callback["url"]

@@ -30,6 +30,7 @@ does nothing for a finished job and lets one delivery of a job run at a time.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -218,3 +219,31 @@ class Transport(kombu_redis.Transport):
     def register_with_event_loop(self, connection, loop):  # type: ignore[no-untyped-def]
         super().register_with_event_loop(connection, loop)
         self.hub = loop
+
+
+def deliveries_before(client: Any, delivered_before: float, limit: int) -> list[str]:
+    """Members of the unacked set delivered before `delivered_before`, oldest first (at most `limit`)."""
+    members = client.zrangebyscore(UNACKED_KEY, "-inf", delivered_before, start=0, num=limit)
+    return [bytes_to_str(member) for member in members]
+
+
+def task_of(member: str) -> tuple[str, list[Any], str] | None:
+    """(task name, positional args, routing key) of an unacked member; None for one that is not a task."""
+    try:
+        payload, _, routing_key = json.loads(member)
+        args = json.loads(base64.b64decode(payload["body"]))[0]
+        return payload["headers"]["task"], args, routing_key
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def push_back(client: Any, member: str, queue: str) -> bool:
+    """Hand one unacknowledged delivery back to `queue` before its visibility timeout, as a restore would.
+
+    True if this call took it out of the set (so no one else pushes it, and its late acknowledgement, if its
+    worker was alive after all, removes nothing)."""
+    payload, _, _ = json.loads(member)
+    headers = payload.get("headers")
+    if isinstance(headers, dict):
+        headers["redelivered"] = True
+    return bool(client.eval(RESTORE, 2, UNACKED_KEY, queue, member, json.dumps(payload), "RPUSH"))

@@ -24,7 +24,8 @@ from llmq.worker.webhooks.callback_guard import PinnedTarget
 
 # Delay before attempt 1, 2, ...: about 27 hours from the first attempt to the last.
 DEFAULT_SCHEDULE_S: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
-EVENT_TYPES = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}
+EVENT_TYPES = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled",
+               "expired": "job.expired"}
 SECRET_PREFIX = "whsec_"
 MIN_SECRET_BYTES = 16
 NEW_SECRET_BYTES = 24

@@ -38,7 +38,15 @@ def test_the_bytes_answer_is_the_same_view_as_the_json_one() -> None:
     {"callback": {"url": "https://example.com/hook"}, "callback_secret_token": "secret-token",
      "metadata": {"nested": {"list": [1, 2.5, None, "ü"]}}},
     {"created_at": 1_700_000_000.123456789},
+    {"deadline": 1_700_000_600.5},
 ])
 def test_a_new_jobs_answer_is_its_records_view(changes: dict[str, object]) -> None:
     job = dataclasses.replace(a_job(), **changes)
     assert new_job_json_bytes(job) == job_json_bytes(job.fields)
+
+
+def test_a_deadline_is_shown_as_an_rfc3339_utc_time() -> None:
+    job = dataclasses.replace(a_job(), deadline=1_700_000_600.5)
+    assert job.fields["deadline"] == "1700000600.5"
+    assert job_json(job.fields)["deadline"] == "2023-11-14T22:23:20.500000Z"
+    assert "deadline" not in job_json(a_job().fields)
