@@ -56,6 +56,7 @@ class JobCreate(BaseModel):
     )
     deadline: AwareDatetime | None = Field(
         None,
+        strict=False,  # text to a time: numbers are refused below, so nothing is coerced loosely
         description="RFC 3339 time with a timezone, e.g. 2026-12-06T05:00:00Z: no attempt starts after it, and a job "
                     "still waiting then ends `expired`. In the future, and within the result TTL.",
     )
