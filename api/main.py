@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from llmq.api import redis_client
 from llmq.api.body_limit import BodyLimitMiddleware
@@ -59,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await client.aclose()
         await blocking.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's files served by this app, not a CDN: they work on networks
+    # without internet access (FastAPI's "Custom Docs UI Static Assets" guide, packaged by fastapi-offline).
+    app = FastAPIOffline(
         title="llmq",
         version="0.1.0",
         description=(

@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 
 from llmq.devstack.processes import ManagedProcess, api_process, flower_process, mock_process, worker_process
 from llmq.devstack.redis_server import RedisServer, free_port
+from llmq.mockproxy import require_aiohttp
 from llmq.worker.settings import ConfigError, load_settings
 
 DEMO_KEY = "1234:demo-app-key"
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if not configured("LLMQ_SECRET", dotenv):
         env["LLMQ_DEV_MODE"] = "1"
     logs = args.data_dir / "logs"
+    needs_mock = not (configured("LLMQ_UPSTREAM_TEST_URL", dotenv) or configured("LLMQ_UPSTREAM_PROD_URL", dotenv))
+    if needs_mock:
+        require_aiohttp("llmq-dev")
     processes: list[ManagedProcess] = []
     redis_server: RedisServer | None = None
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_server = RedisServer(data_dir=(args.data_dir / "redis").resolve()).start()
             env["LLMQ_REDIS_URL"] = redis_server.url
         mock_url = None
-        if not (configured("LLMQ_UPSTREAM_TEST_URL", dotenv) or configured("LLMQ_UPSTREAM_PROD_URL", dotenv)):
+        if needs_mock:
             mock_port = port_or_free(args.mock_port)
             mock = mock_process(env, mock_port, logs / "mock-proxy.log", "--latency-ms", "800").start()
             processes.append(mock)

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from llmq.mockproxy import require_aiohttp
 from llmq.mockproxy.config import ENV_PREFIX, MockConfig, fault_values_from_env, split_list
 from llmq.mockproxy.faults import ConfigError, FaultConfig
-from llmq.mockproxy.server import run
 
 _HELP = {
     "latency_ms": "sleep this long before answering",
@@ -78,6 +78,9 @@ def _announce(url: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    require_aiohttp("llmq-mock-proxy")
+    from llmq.mockproxy.server import run  # imports aiohttp
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

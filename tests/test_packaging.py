@@ -1,4 +1,5 @@
-"""Installed, llmq is one import namespace: `llmq.…`, with no generic top-level names beside it."""
+"""Installed, llmq is one import namespace: `llmq.…`, with no generic top-level names beside it; and what is
+installed is what the lock files pin."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -46,3 +52,53 @@ def test_generic_names_do_not_import_from_outside_the_repository(tmp_path: Path)
     result = subprocess.run([sys.executable, "-c", probe % names], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, check=True)
     assert result.stdout.strip() == str([True] * len(names))
+
+
+# --- lock files: what make, CI and the image install --------------------------------------------------
+
+LOCKS = ROOT / "requirements"
+
+
+def _pins(lock: str) -> dict[str, Version]:
+    pins = {}
+    for line in (LOCKS / lock).read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-")):
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = Version(specifier.version)
+    return pins
+
+
+def _requirements(names: list[str]) -> list[Requirement]:
+    return [r for r in map(Requirement, names) if canonicalize_name(r.name) != "llmq"]
+
+
+@pytest.mark.parametrize(("lock", "declared"), [
+    ("runtime.txt", PYPROJECT["project"]["dependencies"]),
+    ("mock.txt", PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["mock"]),
+    ("dev.txt", PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["mock"]
+     + PYPROJECT["project"]["optional-dependencies"]["local"] + PYPROJECT["project"]["optional-dependencies"]["dev"]),
+])
+def test_lock_pins_every_dependency_within_its_bounds(lock: str, declared: list[str]) -> None:
+    pins = _pins(lock)
+    for requirement in _requirements(declared):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock} lacks {name}: run `make lock`"
+        assert requirement.specifier.contains(pins[name]), f"{lock} pins {name} {pins[name]}: run `make lock`"
+
+
+def test_every_lock_pins_the_runtime_packages_alike() -> None:
+    runtime = _pins("runtime.txt")
+    for lock in ("mock.txt", "dev.txt"):
+        pins = _pins(lock)
+        assert {name: pins.get(name) for name in runtime} == runtime, lock
+    assert "aiohttp" not in runtime  # the mock proxy's and the benchmark's, not the service's
+
+
+def test_make_installs_the_dev_lock_then_the_project_alone() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    stamp = makefile[makefile.index("$(STAMP):"):makefile.index("\nrun:")]
+    assert "requirements/dev.txt" in stamp.splitlines()[0]  # a changed lock reinstalls
+    assert "pip install --quiet -r requirements/dev.txt" in stamp
+    assert "pip install --quiet --no-deps -e ." in stamp

@@ -35,7 +35,8 @@ API_FACTORY = "llmq.api.main:app_from_env"
 REQUIRED_IN_COMPOSE = {"LLMQ_SECRET", "LLMQ_FLOWER_BASIC_AUTH"}
 # Variables of the deployment files that are not llmq settings.
 INFRA_VARS = {
-    "LLMQ_IMAGE", "PUBLISH_API_PORT", "PUBLISH_FLOWER_PORT", "PUBLISH_PROMETHEUS_PORT", "PUBLISH_GRAFANA_PORT",
+    "LLMQ_IMAGE", "LLMQ_MOCK_IMAGE", "PUBLISH_API_PORT", "PUBLISH_FLOWER_PORT", "PUBLISH_PROMETHEUS_PORT",
+    "PUBLISH_GRAFANA_PORT",
     "GRAFANA_ADMIN_PASSWORD", "KEDA_REDIS_ADDRESS", "REDIS_PASSWORD",
 }
 LLMQ_SERVICES = ("api", "worker", "flower")
@@ -266,15 +267,29 @@ def test_every_yaml_and_json_file_parses() -> None:
 # --- Dockerfile ---------------------------------------------------------------------------------------
 
 
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions by its name ("" for the unnamed, last one: the default target)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for op, arg in dockerfile_instructions():
+        if op == "FROM":
+            words = arg.split()
+            current = stages.setdefault(words[2] if len(words) == 3 and words[1].upper() == "AS" else "", [])
+        current.append((op, arg))
+    return stages
+
+
 def test_dockerfile_builds_one_non_root_image_running_the_api() -> None:
     instructions = dockerfile_instructions()
     froms = [arg for op, arg in instructions if op == "FROM"]
     args = dict(arg.split("=", 1) for op, arg in instructions if op == "ARG" and "=" in arg)
     assert args.get("PYTHON_IMAGE") == "python:3.11-slim"
-    assert froms and all(f.startswith("${PYTHON_IMAGE}") for f in froms)
+    stages = dockerfile_stages()
+    assert set(stages) == {"build", "runtime", "mock", ""}
+    assert all(f.startswith(("${PYTHON_IMAGE}", "runtime")) for f in froms)
+    assert stages[""] == [("FROM", "runtime")]  # the default target is the runtime image, unchanged
     runs = " ".join(arg for op, arg in instructions if op == "RUN")
-    assert "pip wheel" in runs and " ." in runs and "pip install" in runs
-    assert "[dev]" not in runs
+    assert "[dev]" not in runs and "dev.txt" not in runs
     copied = {arg.split()[0] for op, arg in instructions if op == "COPY"}
     folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
     for folder in folders:
@@ -283,11 +298,30 @@ def test_dockerfile_builds_one_non_root_image_running_the_api() -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0")
     exposed = {port for op, arg in instructions if op == "EXPOSE" for port in arg.split()}
     assert exposed == {"8000", "5555", "9808"}
-    cmd = json.loads(next(arg for op, arg in instructions if op == "CMD"))
+    cmd = json.loads(next(arg for op, arg in stages["runtime"] if op == "CMD"))
     assert cmd[:3] == ["uvicorn", "--factory", API_FACTORY]
 
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".git", ".llmq", ".env", ".pytest_cache", "tests"} <= ignored
+    assert not (copied & ignored), f"copied but left out of the build context: {copied & ignored}"
+
+
+def test_dockerfile_installs_the_lock_files() -> None:
+    """The image installs the runtime lock and nothing else, then the project without resolving again; the mock
+    target adds the mock lock (the runtime pins plus aiohttp)."""
+    stages = dockerfile_stages()
+    build = " ".join(arg for op, arg in stages["build"] if op == "RUN")
+    assert "pip wheel --wheel-dir /wheels -r requirements/mock.txt" in build
+    assert "pip wheel --no-deps --wheel-dir /wheels ." in build
+    runtime = " ".join(arg for op, arg in stages["runtime"] if op == "RUN")
+    assert "source=requirements/runtime.txt,target=/tmp/runtime.txt" in runtime
+    assert "pip install --no-index --find-links=/wheels -r /tmp/runtime.txt" in runtime
+    assert "pip install --no-index --find-links=/wheels --no-deps llmq" in runtime
+    assert "mock.txt" not in runtime and "aiohttp" not in runtime
+    mock = " ".join(arg for op, arg in stages["mock"] if op == "RUN")
+    assert "-r /tmp/mock.txt" in mock and "--no-index" in mock
+    mock_cmd = json.loads(next(arg for op, arg in stages["mock"] if op == "CMD"))
+    assert mock_cmd[0] == "llmq-mock-proxy"
 
 
 # --- docker compose -----------------------------------------------------------------------------------
@@ -318,8 +352,11 @@ def test_compose_variables_are_settings_with_defaults_or_required() -> None:
 
 def test_compose_llmq_services_share_image_env_and_redis() -> None:
     services = compose_services()
-    images = {services[name]["image"] for name in (*LLMQ_SERVICES, "mock-proxy")}
+    images = {services[name]["image"] for name in LLMQ_SERVICES}
     assert len(images) == 1
+    # The mock proxy needs aiohttp, which only the image's `mock` target installs; it never replaces llmq's image.
+    mock = services["mock-proxy"]
+    assert mock["build"]["target"] == "mock" and mock["image"] not in images
     for name in LLMQ_SERVICES:
         service = services[name]
         assert service["env_file"] == ".env"
