@@ -104,10 +104,11 @@ def _freeze_startup_objects(**_: object) -> None:
 
 @worker_ready.connect
 def _serve_metrics(**_: object) -> None:
-    port = get_settings().worker_metrics_port
+    settings = get_settings()
+    port = settings.worker_metrics_port
     if port:
         try:
-            start_http_server(port)
+            start_http_server(port, addr=settings.worker_metrics_addr)
         except OSError as err:  # another worker on this machine has it; its metrics are served there
             logging.getLogger("llmq.worker").warning("metrics port %d unavailable: %s", port, err)
 

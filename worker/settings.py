@@ -8,12 +8,14 @@ the variable and what is wrong with it.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmq.worker.observability.metrics import LabelValues, parse_names
 from llmq.worker.proxy.flow_control import FlowLimits, LimitTable
 from llmq.worker.secrets.platform_key import check_composite_key
 from llmq.worker.webhooks.callback import check_secret, parse_schedule
@@ -127,6 +129,19 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    # Metrics: label values from bounded sets, and where a worker serves them.
+    metrics_models: str | None = Field(
+        None, description="Models with series of their own, comma-separated (plus those named in flow control); "
+                          "any other model is 'other'.",
+    )
+    metrics_app_ids: str | None = Field(
+        None, description="App ids with series of their own, comma-separated; any other is 'other'."
+    )
+    worker_metrics_addr: str = Field(
+        "127.0.0.1", description="Address a worker's Prometheus endpoint listens on; 0.0.0.0 to be scraped from "
+                                 "other hosts (containers).",
+    )
+
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:
@@ -156,6 +171,22 @@ class Settings(BaseSettings):
     def _limits(cls, value: str | None) -> str | None:
         LimitTable.parse(value)
         return value
+
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IP address to listen on, like 127.0.0.1 or 0.0.0.0, got {value!r}") from None
+        return value
+
+    @functools.cached_property
+    def metric_labels(self) -> LabelValues:
+        """Models listed for metrics or named in a flow-control limit; app ids listed for metrics."""
+        limits = self.flow_limits
+        limited = {name for table in (limits.model_concurrency, limits.model_rpm) for name, _ in table.named}
+        return LabelValues.of(parse_names(self.metrics_models) | limited, parse_names(self.metrics_app_ids))
 
     @functools.cached_property
     def flow_limits(self) -> FlowLimits:
