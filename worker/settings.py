@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     webhook_schedule_s: str = Field(
         "0,5,300,1800,7200,18000,36000,36000", description="Delay before each delivery attempt, comma-separated."
     )
-    webhook_timeout_s: float = Field(15.0, gt=0)
+    webhook_timeout_s: float = Field(
+        15.0, gt=0, description="One deadline for a whole delivery attempt: name lookup, connection, request, answer."
+    )
     callback_allow: str | None = Field(
         None,
         description="Hosts and networks callbacks may reach despite being private, e.g. 'hooks.internal,10.2.0.0/16'.",
@@ -140,6 +142,11 @@ class Settings(BaseSettings):
     worker_metrics_addr: str = Field(
         "127.0.0.1", description="Address a worker's Prometheus endpoint listens on; 0.0.0.0 to be scraped from "
                                  "other hosts (containers).",
+    )
+
+    # Webhook deliveries: slots of their own, beside the proxy calls' (LLMQ_WEBHOOK_TIMEOUT_S bounds each one whole).
+    webhook_concurrency: int = Field(
+        50, ge=1, description="Webhook deliveries one worker process makes at once, in slots of their own."
     )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
