@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         50, ge=1, description="Webhook deliveries one worker process makes at once, in slots of their own."
     )
 
+    # Waiting requests (long-polls, event streams): one API process reads for all of them on one Redis connection.
+    max_waiters: int = Field(
+        2000, ge=1, description="Long-polls and event streams one API process serves at once."
+    )
+    waiter_queue_s: float = Field(
+        2.0, ge=0, description="How long a request waits for a place among them before it is answered 503."
+    )
+
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:
