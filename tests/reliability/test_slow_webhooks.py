@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psutil
+
 from llmq.devstack.redis_server import RedisServer
 from tests.receiver import Receiver
 from tests.stack import OTHER_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_until
@@ -55,3 +57,34 @@ def test_slow_deliveries_leave_the_proxy_slots_free(
     assert in_flight == SLOTS
     assert statuses.count("delivering") == SLOTS
     assert "delivered" not in statuses and "failed" not in statuses
+
+
+def test_memory_comes_back_after_slow_receivers(
+    mock_proxy: MockProxy, make_stack: Callable[..., Stack], model: str, record_figures: Callable[..., None]
+) -> None:
+    jobs, attempts = 20, 5
+    with RedisServer(appendonly=False) as redis_server, Receiver(drip_s=60, drip_every_s=0.2) as receiver:
+        schedule = ",".join(["0"] + ["0.1"] * (attempts - 1))
+        stack = make_stack(redis_server.url, mock_proxy.url, "webhook-memory", LLMQ_WEBHOOK_CONCURRENCY="20",
+                           LLMQ_WEBHOOK_TIMEOUT_S="1", LLMQ_WEBHOOK_SCHEDULE_S=schedule)
+        stack.start_api()
+        worker = psutil.Process(stack.start_worker().process.pid)
+
+        def wave() -> None:
+            with stack.client() as client:
+                ids = [submit(client, chat(model, f"job {i}"), callback_url=receiver.url)["id"] for i in range(jobs)]
+                for job_id in ids:
+                    job = wait_until(client, job_id, lambda j: j.get("callback_status") in ("delivered", "failed"), 60)
+                    assert job["callback_status"] == "failed" and len(job["deliveries"]) == attempts
+
+        wave()  # the first wave grows the worker's pools and allocator as far as this load takes them
+        rss_before, redis_before = worker.memory_info().rss, int(stack.redis.info("memory")["used_memory"])
+        wave()
+        eventually(lambda: receiver.in_flight == 0, 10, "the receiver to notice every attempt was given up")
+        rss_after, redis_after = worker.memory_info().rss, int(stack.redis.info("memory")["used_memory"])
+    record_figures("slow webhook receivers", slow_attempts=jobs * attempts * 2, receiver_answered=receiver.answered,
+                   worker_rss_mb=(round(rss_before / 2**20, 1), round(rss_after / 2**20, 1)),
+                   redis_used_memory_mb=(round(redis_before / 2**20, 2), round(redis_after / 2**20, 2)))
+    assert receiver.answered == 0
+    assert rss_after <= rss_before * 1.1
+    assert redis_after <= redis_before * 1.1  # the second wave's 20 job records included
