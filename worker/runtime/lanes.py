@@ -11,6 +11,11 @@ its next BRPOP: a backlog of one kind of task is never taken into slots the othe
 `held` counts the tasks of a lane handed to the pool and not yet finished. It goes up on the
 consumer's thread as the message is handed over, before the next BRPOP is sent, so a lane
 never takes more messages from its queues than it has slots.
+
+Two details of the libraries underneath, each pinned by a test (tests/worker/runtime/test_lanes.py):
+Celery passes a pool the task's name as the tracer's first argument, and kombu's Redis channel
+takes the queues of each BRPOP from its `_queue_cycle.consume`. A per-queue prefetch in Celery
+would retire both.
 """
 
 from __future__ import annotations

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from types import SimpleNamespace
+
 import pytest
+from celery import Task
+from celery.worker.request import Request, create_request_cls
+from kombu.transport import redis as kombu_redis
 
 from llmq.worker import redis_keys
 from llmq.worker.runtime.lanes import WEBHOOK_TASK, Lane, Lanes
@@ -66,3 +73,12 @@ def test_the_transport_reads_only_open_queues() -> None:
     assert cycle.consume(4) == CALL_QUEUES
     cycle.rotate("llmq.high")  # everything else goes to kombu's own cycle
     assert inner.rotated == ["llmq.high"]
+
+
+def test_the_library_internals_lanes_rely_on_are_still_there() -> None:
+    # Kombu's Redis channel picks the queues of each BRPOP from `_queue_cycle.consume`, which LaneCycle wraps.
+    assert "self._queue_cycle.consume(" in inspect.getsource(kombu_redis.Channel._brpop_start)
+    # Celery hands a pool the task's name as the tracer's first argument, which picks the lane.
+    fast_path = create_request_cls(Request, Task(), SimpleNamespace(apply_async=None), "host", None)
+    for request_class in (Request, fast_path):
+        assert re.search(r"args=\(self\._?type,", inspect.getsource(request_class.execute_using_pool))
