@@ -38,8 +38,9 @@ BLOCK_MS = 10_000
 READ_COUNT = 500
 # After Redis failed a read: the requests waiting are told, and the reader tries again after this.
 RETRY_S = 0.5
-# Between attempts to end a read that has not yet reached Redis.
+# Between attempts to end a read that has not yet reached Redis, and how many.
 UNBLOCK_RETRY_S = 0.005
+UNBLOCK_TRIES = 100
 
 
 class NoPlace(Exception):
@@ -174,7 +175,9 @@ class StreamReader:
 
     async def _end_stale_read(self) -> None:
         """Ends the read in progress once it no longer covers what is followed; the loop then starts another."""
-        while self._stale and self._reading is not None:
+        for _ in range(UNBLOCK_TRIES):
+            if not self._stale or self._reading is None:
+                return
             client_id = self._client_id
             try:
                 if client_id is not None and await self._control.client_unblock(client_id):
@@ -184,6 +187,9 @@ class StreamReader:
                             type(err).__name__, BLOCK_MS)
                 return
             await asyncio.sleep(UNBLOCK_RETRY_S)  # the read was sent but has not reached Redis yet
+        # No blocked client of that id: the connection was replaced under the read. Its id is asked again
+        # before the next read; this one ends within BLOCK_MS.
+        self._client_id = None
 
     async def _run(self) -> None:
         while True:
@@ -191,16 +197,15 @@ class StreamReader:
             streams = {key: min((sub.after_id for sub in subs), key=_order)
                        for key, subs in self._subscriptions.items()}
             self._stale = False
+            # From here on a new follower is either in `streams` or ends the read (see `_add`).
+            self._reading = streams
             try:
                 if self._client_id is None:
                     self._client_id = cast(int, await self._reader.client_id())
-                self._reading = streams
-                try:
-                    reply = cast(StreamReply, await self._reader.xread(
-                        streams, block=BLOCK_MS, count=READ_COUNT))  # type: ignore[arg-type]
-                finally:
-                    self._reading = None
+                reply = cast(StreamReply, await self._reader.xread(
+                    streams, block=BLOCK_MS, count=READ_COUNT))  # type: ignore[arg-type]
             except Exception as err:  # the waiting requests are told (a Redis outage is their 503); the reader goes on
+                self._reading = None
                 if not isinstance(err, redis.exceptions.RedisError):
                     log.exception("the stream reader failed")
                 self._client_id = None  # a new connection has a new id
@@ -209,6 +214,7 @@ class StreamReader:
                         subscription.fail(err)
                 await asyncio.sleep(RETRY_S)
                 continue
+            self._reading = None
             for key, entries in (reply.items() if isinstance(reply, dict) else reply or []):
                 events = [(event_id, json.loads(fields["e"])) for event_id, fields in entries]
                 for subscription in list(self._subscriptions.get(key, ())):
