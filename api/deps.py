@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 
 from llmq.api.errors import ApiError
 from llmq.api.job_store import AsyncJobStore
+from llmq.api.stream_reader import StreamReader
 from llmq.worker.secrets.key_vault import KeyVault, app_id_of
 from llmq.worker.secrets.platform_key import MAX_KEY_CHARS, check_composite_key
 from llmq.worker.settings import Settings
@@ -32,9 +33,14 @@ async def get_vault(request: Request) -> KeyVault:
     return request.app.state.vault  # type: ignore[no-any-return]
 
 
+async def get_stream_reader(request: Request) -> StreamReader:
+    return request.app.state.stream_reader  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 VaultDep = Annotated[KeyVault, Depends(get_vault)]
+StreamReaderDep = Annotated[StreamReader, Depends(get_stream_reader)]
 
 
 @dataclass(frozen=True)

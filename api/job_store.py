@@ -1,4 +1,4 @@
-"""The API's side of the job records: submit, read, cancel, and wait without polling."""
+"""The API's side of the job records: submit, read, cancel, and wait without polling (`llmq.api.stream_reader`)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from llmq.api.group_commit import GroupCommit
+from llmq.api.stream_reader import Subscription
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
 from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, read_json, state_event
 
 SUBMIT_CHUNK = 100
 
-# What redis-py returns from the stream commands, with decode_responses on.
+# What redis-py returns from XRANGE, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
-StreamReply = list[tuple[str, StreamEntries]]
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,8 @@ class Submission:
 
 
 class AsyncJobStore:
-    def __init__(self, client: aioredis.Redis, blocking_client: aioredis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
         self.redis = client
-        # Blocking reads (long-polling, event streams) get their own pool, with no short socket timeout.
-        self.blocking = blocking_client
         self.ttl_s = ttl_s
         self._submit = client.register_script(job_scripts.SUBMIT)
         self._transition = client.register_script(job_scripts.TRANSITION)
@@ -113,32 +111,22 @@ class AsyncJobStore:
         return dict(zip(flat[::2], flat[1::2], strict=True)), last_id
 
     async def wait_until_finished(
-        self, job_id: str, timeout_s: float, fields: dict[str, str], last_id: str
+        self, job_id: str, timeout_s: float, fields: dict[str, str], events: Subscription
     ) -> dict[str, str]:
-        """The record once the job is finished, or when `timeout_s` runs out (blocking reads, no polling).
+        """The record once the job is finished, or when `timeout_s` runs out.
 
-        `fields` and `last_id` come from one `watch`: events after `last_id` are the changes since."""
+        `fields` and the position of `events` come from one `watch`: its events are the changes since."""
         deadline = time.monotonic() + timeout_s
         while fields and fields.get("status") not in TERMINAL:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
                 break
-            events = await self.read_events(job_id, last_id, remaining_ms)
-            if not events:
+            news = await events.next(remaining_s)
+            if not news:
                 break
-            if any(is_terminal_event(event) for _, event in events):
+            if any(is_terminal_event(event) for _, event in news):
                 return await self.fields(job_id)
-            last_id = events[-1][0]
         return fields
-
-    async def read_events(
-        self, job_id: str, after_id: str, block_ms: int
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Events after `after_id`, waiting up to `block_ms` for the first one."""
-        reply = cast(
-            StreamReply, await self.blocking.xread({redis_keys.job_events(job_id): after_id}, block=block_ms, count=500)
-        )
-        return _events(reply[0][1]) if reply else []
 
     async def history(self, job_id: str, after_id: str = "-") -> list[tuple[str, dict[str, Any]]]:
         start = after_id if after_id == "-" else f"({after_id}"

@@ -15,6 +15,7 @@ from llmq.api.body_limit import BodyLimitMiddleware
 from llmq.api.errors import install_error_handlers
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.routes import batch, events, health, jobs, metrics
+from llmq.api.stream_reader import StreamReader
 from llmq.api.uploads import FILES_PATH, upload_body_limit
 from llmq.worker.celery_app import app as celery_app
 from llmq.worker.observability.logs import configure_logging
@@ -49,16 +50,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis_client.connect(settings, settings.redis_socket_timeout_s)
-        blocking = redis_client.connect(settings, None)
+        # Every long-poll and event stream of the process waits on this one connection (no socket timeout:
+        # its reads block by design).
+        reader = StreamReader(redis_client.connect(settings, None, single_connection=True), client,
+                              settings.max_waiters, settings.waiter_queue_s)
         app.state.settings = settings
         app.state.redis = client
-        app.state.store = AsyncJobStore(client, blocking, settings.result_ttl_s)
+        app.state.store = AsyncJobStore(client, settings.result_ttl_s)
+        app.state.stream_reader = reader
         app.state.vault = vault_for(settings.server_secret, settings.previous_secrets)
         app.state.broker_check = _broker_check(settings, client)
+        reader.start()
         freeze_startup_objects()
         yield
+        await reader.aclose()
         await client.aclose()
-        await blocking.aclose()
 
     # /docs and /redoc with Swagger UI's and ReDoc's files served by this app, not a CDN: they work on networks
     # without internet access (FastAPI's "Custom Docs UI Static Assets" guide, packaged by fastapi-offline).

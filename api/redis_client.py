@@ -30,7 +30,8 @@ class HiredisPackingConnection(aioredis.Connection):
             raise DataError(err) from None
 
 
-def connect(settings: Settings, socket_timeout_s: float | None) -> aioredis.Redis:
+def connect(settings: Settings, socket_timeout_s: float | None, single_connection: bool = False) -> aioredis.Redis:
+    """A client of the API; with `single_connection`, one that holds one connection of its own."""
     return aioredis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
@@ -40,4 +41,5 @@ def connect(settings: Settings, socket_timeout_s: float | None) -> aioredis.Redi
         health_check_interval=30,
         max_connections=10_000,
         connection_class=HiredisPackingConnection,
+        single_connection_client=single_connection,
     )

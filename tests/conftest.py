@@ -18,7 +18,7 @@ from llmq.devstack.redis_server import RedisServer, free_port
 from llmq.devstack.s3_server import S3Server
 from tests.brokers import BROKERS, rabbitmq_vhost
 from tests.flower import FLOWER_AUTH
-from tests.stack import MockProxy, Stack
+from tests.stack import LISTED_APP_ID, LISTED_MODEL, MockProxy, Stack
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,8 @@ def stack(broker_url: str, redis_server: RedisServer, mock_proxy: MockProxy, log
     amqp = broker_url.startswith("amqp://")
     records = redis_server.url.rsplit("/", 1)[0] + ("/2" if amqp else "/0")
     running = Stack(records, mock_proxy.url, log_dir / ("main-amqp" if amqp else "main"), LLMQ_BROKER_URL=broker_url,
-                    LLMQ_WORKER_METRICS_PORT=str(free_port()))
+                    LLMQ_WORKER_METRICS_PORT=str(free_port()), LLMQ_METRICS_MODELS=LISTED_MODEL,
+                    LLMQ_METRICS_APP_IDS=LISTED_APP_ID)
     try:
         running.start_api()
         running.start_worker()

@@ -23,6 +23,9 @@ T = TypeVar("T")
 CALLER_KEY = "7788:sk-llmq-e2e-" + "S3cr3tAppKey9f1c"
 CALLER_APP_KEY = CALLER_KEY.split(":", 1)[1]
 OTHER_KEY = "9911:another-callers-key"
+# The one model and app id the shared stack lists for metrics (LLMQ_METRICS_MODELS, LLMQ_METRICS_APP_IDS).
+LISTED_MODEL = "metrics-listed-model"
+LISTED_APP_ID = CALLER_KEY.split(":", 1)[0]
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"service-wide-webhook-secret-32b!").decode()
 
 

@@ -44,10 +44,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # A restore lock left behind by a Redis outage must not hold redelivery up for long.
             "unacked_mutex_expire": 60,
         },
-        # Calls are long: take only as many messages as there are free slots.
+        # Calls are long: take only as many messages as there are free slots. Proxy calls and webhook
+        # deliveries have slots of their own (`llmq.worker.runtime.lanes`); the worker's are the sum.
         "worker_prefetch_multiplier": 1,
         "worker_pool": POOLS[settings.worker_pool],
-        "worker_concurrency": settings.worker_concurrency,
+        "worker_concurrency": settings.worker_concurrency + settings.webhook_concurrency,
         "task_queues": [Queue(name) for name in redis_keys.QUEUES_IN_ORDER],
         "task_default_queue": redis_keys.QUEUE_BY_PRIORITY["normal"],
         "task_serializer": "json",
@@ -104,10 +105,11 @@ def _freeze_startup_objects(**_: object) -> None:
 
 @worker_ready.connect
 def _serve_metrics(**_: object) -> None:
-    port = get_settings().worker_metrics_port
+    settings = get_settings()
+    port = settings.worker_metrics_port
     if port:
         try:
-            start_http_server(port)
+            start_http_server(port, addr=settings.worker_metrics_addr)
         except OSError as err:  # another worker on this machine has it; its metrics are served there
             logging.getLogger("llmq.worker").warning("metrics port %d unavailable: %s", port, err)
 

@@ -123,17 +123,18 @@ def attempt_record(
 
 def publish_deltas(rt: Runtime, job_id: str, claim: Claim, deltas: list[Delta]) -> None:
     rt.store.append_deltas(job_id, claim.attempt, deltas)
-    metrics.STREAM_DELTAS.labels(claim.model).inc(len(deltas))
+    metrics.STREAM_DELTAS.labels(rt.settings.metric_labels.model(claim.model)).inc(len(deltas))
 
 
-def count_tokens(claim: Claim, result: dict[str, Any]) -> None:
+def count_tokens(labels: metrics.LabelValues, claim: Claim, result: dict[str, Any]) -> None:
     usage = result.get("usage")
     if not isinstance(usage, dict):
         return
+    model, app_id = labels.model(claim.model), labels.app_id(claim.app_id)
     for kind in ("prompt_tokens", "completion_tokens"):
         value = usage.get(kind)
         if isinstance(value, int) and value > 0:
-            metrics.TOKENS.labels(claim.model, claim.app_id, kind.removesuffix("_tokens")).inc(value)
+            metrics.TOKENS.labels(model, app_id, kind.removesuffix("_tokens")).inc(value)
 
 
 def _setup_error(rt: Runtime, job_id: str, claim: Claim, error_type: str, message: str) -> Outcome:
@@ -224,6 +225,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     started = claim.started_at
     body = claim.request.encode()
     extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model}
+    model_label = rt.settings.metric_labels.model(claim.model)
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():
             if claim.stream:
@@ -240,7 +242,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     except UpstreamError as err:
         _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
-        metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)
+        metrics.UPSTREAM_LATENCY.labels(model_label, str(err.status_code or err.kind)).observe(time.time() - started)
         if delay is not None and claim.deadline is not None and time.time() + delay > claim.deadline:
             # The next attempt would start after the deadline: it does not start, and the job ends here.
             record = attempt_record(claim, started, err, None, err.status_code)
@@ -263,13 +265,13 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         return Outcome(error=error, notify=bool(claim.callback_status))
 
     record = attempt_record(claim, started, None, None, 200)
-    metrics.UPSTREAM_LATENCY.labels(claim.model, "200").observe(time.time() - started)
+    metrics.UPSTREAM_LATENCY.labels(model_label, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)
     if not finished:
         return _cancelled_attempt(rt, job_id, claim, "the call finished after the job was cancelled; its answer "
                                                      "was dropped")
     metrics.JOBS_FINISHED.labels("succeeded").inc()
-    count_tokens(claim, completion.data)
+    count_tokens(rt.settings.metric_labels, claim, completion.data)
     log.info("attempt succeeded", extra={**extra, "status_code": 200, "outcome": "ok",
                                          "duration_ms": record["duration_ms"]})
     return Outcome(notify=bool(claim.callback_status))

@@ -8,12 +8,14 @@ the variable and what is wrong with it.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmq.worker.observability.metrics import LabelValues, parse_names
 from llmq.worker.proxy.flow_control import FlowLimits, LimitTable
 from llmq.worker.secrets.platform_key import check_composite_key
 from llmq.worker.webhooks.callback import check_secret, parse_schedule
@@ -106,7 +108,9 @@ class Settings(BaseSettings):
     webhook_schedule_s: str = Field(
         "0,5,300,1800,7200,18000,36000,36000", description="Delay before each delivery attempt, comma-separated."
     )
-    webhook_timeout_s: float = Field(15.0, gt=0)
+    webhook_timeout_s: float = Field(
+        15.0, gt=0, description="One deadline for a whole delivery attempt: name lookup, connection, request, answer."
+    )
     callback_allow: str | None = Field(
         None,
         description="Hosts and networks callbacks may reach despite being private, e.g. 'hooks.internal,10.2.0.0/16'.",
@@ -150,6 +154,31 @@ class Settings(BaseSettings):
     lease_check_s: float = Field(
         5.0, gt=0, description="How often one worker hands back, before the visibility timeout, calls whose lease "
                                "lapsed (their worker is gone). Redis broker only.",
+    )
+    # Metrics: label values from bounded sets, and where a worker serves them.
+    metrics_models: str | None = Field(
+        None, description="Models with series of their own, comma-separated (plus those named in flow control); "
+                          "any other model is 'other'.",
+    )
+    metrics_app_ids: str | None = Field(
+        None, description="App ids with series of their own, comma-separated; any other is 'other'."
+    )
+    worker_metrics_addr: str = Field(
+        "127.0.0.1", description="Address a worker's Prometheus endpoint listens on; 0.0.0.0 to be scraped from "
+                                 "other hosts (containers).",
+    )
+
+    # Webhook deliveries: slots of their own, beside the proxy calls' (LLMQ_WEBHOOK_TIMEOUT_S bounds each one whole).
+    webhook_concurrency: int = Field(
+        50, ge=1, description="Webhook deliveries one worker process makes at once, in slots of their own."
+    )
+
+    # Waiting requests (long-polls, event streams): one API process reads for all of them on one Redis connection.
+    max_waiters: int = Field(
+        2000, ge=1, description="Long-polls and event streams one API process serves at once."
+    )
+    waiter_queue_s: float = Field(
+        2.0, ge=0, description="How long a request waits for a place among them before it is answered 503."
     )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
@@ -200,6 +229,22 @@ class Settings(BaseSettings):
     def _limits(cls, value: str | None) -> str | None:
         LimitTable.parse(value)
         return value
+
+    @field_validator("worker_metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IP address to listen on, like 127.0.0.1 or 0.0.0.0, got {value!r}") from None
+        return value
+
+    @functools.cached_property
+    def metric_labels(self) -> LabelValues:
+        """Models listed for metrics or named in a flow-control limit; app ids listed for metrics."""
+        limits = self.flow_limits
+        limited = {name for table in (limits.model_concurrency, limits.model_rpm) for name, _ in table.named}
+        return LabelValues.of(parse_names(self.metrics_models) | limited, parse_names(self.metrics_app_ids))
 
     @functools.cached_property
     def flow_limits(self) -> FlowLimits:

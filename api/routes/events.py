@@ -19,23 +19,25 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import redis.exceptions
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from llmq.api.deps import CallerDep, StoreDep
+from llmq.api.deps import CallerDep, StoreDep, StreamReaderDep
 from llmq.api.errors import ApiError
 from llmq.api.event_history import told_events, told_id, told_index, watch_point
 from llmq.api.job_store import AsyncJobStore
-from llmq.api.routes.jobs import check_id, check_owner
+from llmq.api.routes.jobs import check_id, check_owner, no_place
 from llmq.api.schemas import ErrorResponse
+from llmq.api.stream_reader import NoPlace, Place, StreamReader
 from llmq.worker.jobs.record import TERMINAL, is_terminal_event, printable
 from llmq.worker.sse import KEEP_ALIVE, MEDIA_TYPE, format_event
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-# One blocking read at a time: long enough to be cheap, short enough for keep-alives to pass proxies.
-BLOCK_MS = 15_000
+# Silence longer than this gets a comment line, so proxies in between keep the connection.
+KEEP_ALIVE_S = 15.0
 # A connection is bounded even though the job lives for days; the client resumes with Last-Event-ID.
 MAX_CONNECTION_S = 600.0
 STREAM_ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
@@ -46,9 +48,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for co
 
 
 class EventStreamResponse(StreamingResponse):
-    """A streamed `text/event-stream` body (also what /docs shows for this route)."""
+    """A streamed `text/event-stream` body (also what /docs shows for this route).
+
+    Its place among the waiting requests is given back however the response ends, even one whose body
+    never started (a client gone before the first byte)."""
 
     media_type = MEDIA_TYPE
+    place: Place | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if self.place is not None:
+                self.place.release()
 
 
 def parse_event_id(raw: str | None) -> str | None:
@@ -84,11 +100,12 @@ def sse_event(event_id: str | None, event: dict[str, Any]) -> str:
 
 
 async def event_frames(
-    request: Request, store: AsyncJobStore, job_id: str, fields: dict[str, str], last_stream_id: str,
-    after_id: str | None,
+    store: AsyncJobStore, reader: StreamReader, place: Place | None, job_id: str, fields: dict[str, str],
+    last_stream_id: str, after_id: str | None,
 ) -> AsyncIterator[str]:
     """History after `after_id` (told by the record, then the stream's), then live events, until the terminal
-    state, a disconnect or the cap. `fields` and `last_stream_id` come from one watch of the job."""
+    state, a disconnect or the cap. `fields` and `last_stream_id` come from one watch of the job; live events
+    come from the process's one reader, in `place` (None for a finished job, which needs none)."""
     deadline = time.monotonic() + MAX_CONNECTION_S
     # The status is read before the history: if it is terminal here, its event is already told or streamed.
     finished = fields.get("status") in TERMINAL
@@ -108,25 +125,30 @@ async def event_frames(
             last_id = event_id
             if is_terminal_event(event):
                 return
-        if finished:
+        if finished or place is None:
             return
-        while not await request.is_disconnected():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                return
-            events = await store.read_events(job_id, last_id, min(BLOCK_MS, remaining_ms))
-            if not events:
-                yield KEEP_ALIVE
-                continue
-            for event_id, event in events:
-                yield sse_event(event_id, event)
-                last_id = event_id
-                if is_terminal_event(event):
+        # A client that leaves cancels this generator (Starlette listens for the disconnect): the
+        # subscription and the place are given up at once.
+        async with reader.follow(job_id, last_id, place) as events:
+            while True:
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
                     return
+                news = await events.next(min(KEEP_ALIVE_S, remaining_s))
+                if not news:
+                    yield KEEP_ALIVE
+                    continue
+                for event_id, event in news:
+                    yield sse_event(event_id, event)
+                    if is_terminal_event(event):
+                        return
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
         # Headers are already sent, so no error envelope is possible: end, and let the client resume.
         log.warning("event stream ended early, redis unavailable: %s", type(err).__name__,
                     extra={"job_id": job_id})
+    finally:
+        if place is not None:
+            place.release()
 
 
 @router.get(
@@ -142,9 +164,9 @@ async def event_frames(
 )
 async def job_events(
     job_id: str,
-    request: Request,
     caller: CallerDep,
     store: StoreDep,
+    reader: StreamReaderDep,
     last_event_id_header: Annotated[
         str | None, Header(alias="Last-Event-ID", description="Resume after this event id (EventSource's).")
     ] = None,
@@ -157,7 +179,14 @@ async def job_events(
     check_id(job_id)
     fields, last_stream_id = await store.watch(job_id, caller.owners)
     check_owner(job_id, fields, caller)
-    return EventStreamResponse(
-        event_frames(request, store, job_id, fields, last_stream_id, after_id),
+    try:
+        # Taken before the answer starts, so a caller who gets none is told so with a 503.
+        place = None if fields.get("status") in TERMINAL else await reader.reserve()
+    except NoPlace as err:
+        raise no_place(err) from None
+    response = EventStreamResponse(
+        event_frames(store, reader, place, job_id, fields, last_stream_id, after_id),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.place = place
+    return response

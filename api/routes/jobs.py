@@ -8,11 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
+from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, StreamReaderDep, VaultDep
 from llmq.api.direct_route import direct_route, header, json_response
+from llmq.api.disconnect import unless_client_leaves
 from llmq.api.errors import ApiError
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.schemas import ErrorResponse, JobCreate, JobPublic
+from llmq.api.stream_reader import NoPlace, StreamReader
 from llmq.api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
 from llmq.worker.jobs.record import TERMINAL
 from llmq.worker.jobs.view import job_json_bytes, new_job_json_bytes
@@ -37,6 +39,11 @@ def check_id(job_id: str) -> None:
     """An id that cannot exist is answered without asking Redis."""
     if not JOB_ID_PATTERN.match(job_id):
         raise _not_found(job_id)
+
+
+def no_place(err: NoPlace) -> ApiError:
+    return ApiError(503, "unavailable", f"Too many requests are waiting for jobs right now ({err}); try again "
+                                        "in a second, or read the job without waiting.", headers={"Retry-After": "1"})
 
 
 def check_owner(job_id: str, fields: dict[str, str], caller: Caller) -> dict[str, str]:
@@ -95,11 +102,23 @@ router.add_api_route(
 )
 
 
+async def wait_for_job(
+    store: AsyncJobStore, reader: StreamReader, job_id: str, wait_s: float, fields: dict[str, str], last_id: str
+) -> dict[str, str]:
+    try:
+        async with reader.follow(job_id, last_id) as events:
+            return await store.wait_until_finished(job_id, wait_s, fields, events)
+    except NoPlace as err:
+        raise no_place(err) from None
+
+
 @router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True, responses=ERRORS)
 async def get_job(
     job_id: str,
+    request: Request,
     caller: CallerDep,
     store: StoreDep,
+    reader: StreamReaderDep,
     wait: Annotated[
         float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the job to finish before answering.")
     ] = 0,
@@ -113,7 +132,9 @@ async def get_job(
     fields, last_id = await store.watch(job_id, caller.owners)
     check_owner(job_id, fields, caller)
     if fields.get("status") not in TERMINAL:
-        fields = await store.wait_until_finished(job_id, wait, fields, last_id) or fields
+        # A client that leaves ends the wait at once: its place and its stream are given up with it.
+        fields = await unless_client_leaves(request, wait_for_job(store, reader, job_id, wait, fields, last_id),
+                                            fallback=fields)
         fields["id"] = job_id
     return job_response(fields)
 

@@ -9,7 +9,18 @@ import httpx2
 import pytest
 
 from llmq.worker import redis_keys
-from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_until
+from tests.stack import (
+    CALLER_KEY,
+    LISTED_MODEL,
+    OTHER_KEY,
+    MockProxy,
+    Stack,
+    chat,
+    eventually,
+    submit,
+    wait_finished,
+    wait_until,
+)
 
 
 def ts(value: str) -> float:
@@ -128,7 +139,8 @@ def test_metrics_carry_no_job_id_and_no_key(stack: Stack, model: str) -> None:
     assert CALLER_KEY.split(":")[1] not in text
 
 
-def test_worker_metrics_count_calls_and_tokens(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+def test_worker_metrics_count_calls_and_tokens(stack: Stack, mock_proxy: MockProxy) -> None:
+    model = LISTED_MODEL  # listed in LLMQ_METRICS_MODELS: any other model is counted as "other"
     mock_proxy.script(model, {"kind": "status", "status": 500})
     with stack.client() as client:
         wait_finished(client, submit(client, chat(model, "count these words"))["id"])

@@ -723,3 +723,12 @@ def test_operations_doc_covers_metrics_and_alerts() -> None:
         assert family in text, f"docs/operations.md does not describe {family}"
     for rule in alert_rules():
         assert rule["alert"] in text, f"docs/operations.md does not describe alert {rule['alert']}"
+
+
+def test_worker_metrics_are_private_unless_a_deployment_opens_them() -> None:
+    # Loopback by default (a worker's metrics show every listed app id); containers are scraped over their
+    # network, so compose and Kubernetes must say 0.0.0.0 themselves.
+    assert setting_default("worker_metrics_addr") == "127.0.0.1"
+    assert compose_services()["worker"]["environment"]["LLMQ_WORKER_METRICS_ADDR"].endswith(":-0.0.0.0}")
+    assert k8s_object("ConfigMap", "llmq-config")["data"]["LLMQ_WORKER_METRICS_ADDR"] == "0.0.0.0"
+    assert "LLMQ_WORKER_METRICS_ADDR" in (ROOT / "docs" / "operations.md").read_text()

@@ -1,12 +1,45 @@
 """Prometheus metrics: every name operators, dashboards and alert rules rely on.
 
 Labels never carry a job id or a key: model, status, queue, reason, and the appID half
-of the key (a platform application id, not a secret) for token usage.
+of the key (a platform application id, not a secret) for token usage. Every label value
+comes from a bounded set: status, queue, reason, outcome and limit are llmq's own words
+(a reason or status code is at most three digits); a model or an app id is the caller's
+choice, so it is shown only when the operator listed it (`LabelValues`) and is `other`
+otherwise. A series costs the worker memory and every scrape bytes for as long as it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 from prometheus_client import Counter, Gauge, Histogram
+
+OTHER = "other"
+
+
+def parse_names(spec: str | None) -> frozenset[str]:
+    """`"gpt-4o, deepseek-v3"` → the names; blanks are dropped."""
+    return frozenset(item.strip() for item in (spec or "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class LabelValues:
+    """The models and app ids that get series of their own; any other is counted as `other`."""
+
+    models: frozenset[str] = frozenset()
+    app_ids: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, models: Iterable[str], app_ids: Iterable[str]) -> LabelValues:
+        return cls(frozenset(models), frozenset(app_ids))
+
+    def model(self, name: str) -> str:
+        return name if name in self.models else OTHER
+
+    def app_id(self, app_id: str) -> str:
+        return app_id if app_id in self.app_ids else OTHER
+
 
 JOBS_SUBMITTED = Counter("llmq_jobs_submitted", "Jobs accepted by the API.", ["priority", "environment"])
 JOBS_FINISHED = Counter("llmq_jobs_finished", "Jobs that reached a terminal state.", ["status"])

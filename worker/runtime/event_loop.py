@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import greenback
 import uvloop
 
 T = TypeVar("T")
-P = ParamSpec("P")
-# Blocking work handed off the loop (a callback's DNS lookup and POST): enough threads for slow receivers.
-OFFLOAD_THREADS = 32
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
-_offload: ThreadPoolExecutor | None = None
 
 
 def get_loop() -> asyncio.AbstractEventLoop:
@@ -59,14 +54,3 @@ def wait(awaitable: Awaitable[T]) -> T:
         raise TypeError("only coroutines can be handed to the loop from another thread")
     return asyncio.run_coroutine_threadsafe(awaitable, get_loop()).result()
 
-
-def offload(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run blocking `fn` where it cannot stall the loop: in a helper thread when called on the loop."""
-    if not greenback.has_portal():
-        return fn(*args, **kwargs)
-    global _offload
-    with _lock:
-        if _offload is None:
-            _offload = ThreadPoolExecutor(OFFLOAD_THREADS, thread_name_prefix="llmq-offload")
-        executor = _offload
-    return greenback.await_(asyncio.get_running_loop().run_in_executor(executor, lambda: fn(*args, **kwargs)))

@@ -26,6 +26,10 @@ are collected for up to `ACK_BATCH_S` and removed with one `ZREM` on the consume
 A worker that dies in between leaves those messages in the set; like those of its calls in
 flight, they come back after the visibility timeout, where the claim (`llmq.worker.jobs.scripts`)
 does nothing for a finished job and lets one delivery of a job run at a time.
+
+And a worker's BRPOP leaves out the queues of a lane whose slots are all taken
+(`llmq.worker.runtime.lanes`): slow webhook deliveries never take messages into slots that
+proxy calls need, nor the other way round.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from llmq.worker.runtime.held_connection import HeldConnections
 from llmq.worker.runtime.hub_flush import HubFlush
+from llmq.worker.runtime.lanes import Lanes, worker_lanes
 
 log = logging.getLogger("llmq.broker")
 
@@ -172,11 +177,30 @@ class QoS(kombu_redis.QoS):
                     member, json.dumps(payload), "LPUSH" if leftmost else "RPUSH")
 
 
+class LaneCycle:
+    """Kombu's queue cycle, whose `consume` (the queues of the next BRPOP) leaves out those of a full lane."""
+
+    def __init__(self, cycle: Any, lanes: Lanes) -> None:
+        self._cycle = cycle
+        self._lanes = lanes
+
+    def consume(self, n: int) -> list[str]:
+        return self._lanes.open_queues(self._cycle.consume(n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cycle, name)
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     unacked_index_key = UNACKED_KEY
     _shared_client: Any = None
     _held: HeldConnections | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # With every lane full, kombu sends no BRPOP at all until a slot frees (it asks again each loop turn).
+        self._queue_cycle = LaneCycle(self._queue_cycle, worker_lanes())
 
     def _shared(self) -> Any:
         shared = self._shared_client

@@ -6,6 +6,7 @@ keeps the record of attempts.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -139,14 +140,18 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
 
 
-def deliver(
-    client: httpx2.Client,
+async def deliver(
+    client: httpx2.AsyncClient,
     target: PinnedTarget,
     headers: dict[str, str],
     payload: bytes,
     timeout_s: float = 15.0,
 ) -> DeliveryResult:
-    """POST once to the pinned address; every outcome is a result, never an exception."""
+    """POST once to the pinned address, all of it within `timeout_s`; every outcome is a result, never an exception.
+
+    The deadline covers the whole exchange, connection to last byte read: a receiver that keeps every
+    single read short (a header line at a time) is still cut off, and the attempt counts as failed.
+    """
     send_headers = {k: v for k, v in headers.items() if k.lower() != "host"}
     send_headers["host"] = target.host_header
     extensions: dict[str, Any] = {}
@@ -158,31 +163,38 @@ def deliver(
         send_headers["connection"] = "close"
     start = time.perf_counter()
     try:
-        with client.stream(
-            "POST",
-            target.request_url,
-            content=payload,
-            headers=send_headers,
-            extensions=extensions,
-            timeout=timeout_s,
-            follow_redirects=False,
-        ) as response:
-            _drain(response, deadline=start + timeout_s)
-            status = response.status_code
+        async with asyncio.timeout(timeout_s):
+            async with client.stream(
+                "POST",
+                target.request_url,
+                content=payload,
+                headers=send_headers,
+                extensions=extensions,
+                timeout=timeout_s,
+                follow_redirects=False,
+            ) as response:
+                await _drain(response)
+                status = response.status_code
+    except TimeoutError:
+        return DeliveryResult(None, deadline_error(timeout_s), _ms_since(start))
     except TRANSPORT_ERRORS as err:
         return DeliveryResult(None, _clip(transport_error(err, "the receiver").message), _ms_since(start))
     error = "redirect not followed" if 300 <= status < 400 else None
     return DeliveryResult(status, error, _ms_since(start))
 
 
-def _drain(response: httpx2.Response, deadline: float) -> None:
+def deadline_error(timeout_s: float) -> str:
+    return f"no complete answer within the delivery deadline ({timeout_s:g} s, LLMQ_WEBHOOK_TIMEOUT_S)"
+
+
+async def _drain(response: httpx2.Response) -> None:
     """Read (raw, undecoded) at most MAX_RESPONSE_BYTES of the body and drop it."""
     if response.is_stream_consumed:
         return  # already in memory (a transport that answers in one piece): nothing to read
     seen = 0
-    for chunk in response.iter_raw():
+    async for chunk in response.aiter_raw():
         seen += len(chunk)
-        if seen >= MAX_RESPONSE_BYTES or time.perf_counter() > deadline:
+        if seen >= MAX_RESPONSE_BYTES:
             break
 
 
@@ -190,9 +202,9 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
 
-def make_client(max_connections: int = 100) -> httpx2.Client:
+def make_client(max_connections: int = 100) -> httpx2.AsyncClient:
     """A client for callbacks: no redirects, no proxies or settings from the environment, no cookies kept."""
-    return httpx2.Client(
+    return httpx2.AsyncClient(
         follow_redirects=False,
         trust_env=False,
         # Receivers must not be able to plant cookies that a later callback to the same address would carry.
@@ -208,6 +220,7 @@ __all__ = [
     "DeliveryResult",
     "build_event",
     "check_secret",
+    "deadline_error",
     "deliver",
     "make_client",
     "new_secret",

@@ -7,6 +7,7 @@ between the check and the connection (rebinding) cannot reach an internal servic
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -250,6 +251,21 @@ def resolve_and_check(url: str, allow: AllowList, resolve: Resolver | None = Non
     )
 
 
+async def resolve_and_check_async(url: str, allow: AllowList) -> PinnedTarget:
+    """`resolve_and_check` with the name looked up on the running loop, so a deadline around it can cut it short."""
+    parts = check_url_shape(url)
+    host, literal = _normalize_host(parts.hostname or "")
+    found: list[str] = []
+    if literal is None:
+        port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        except (OSError, UnicodeError):
+            pass  # refused below as a host that does not resolve
+    return resolve_and_check(url, allow, resolve=lambda _host, _port: found)
+
+
 __all__ = [
     "AllowList",
     "CallbackRefused",
@@ -257,5 +273,6 @@ __all__ = [
     "check_url_shape",
     "is_forbidden_address",
     "resolve_and_check",
+    "resolve_and_check_async",
     "system_resolve",
 ]

@@ -3,10 +3,16 @@
 The schedule reaches about a day, far beyond how long a broker should hold an
 unacknowledged message, so a delivery that is not yet due asks to be looked at again
 after at most `max_hold_s`: Celery's retry hops there, and nothing waits in memory.
+
+An attempt (the name lookup, the connection, the request and the answer) runs on the worker's
+event loop under one deadline, `LLMQ_WEBHOOK_TIMEOUT_S`: whatever the receiver does, the attempt
+ends by then, and one that did not get a whole answer in time is a failed attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -18,10 +24,19 @@ import httpx2
 from llmq.worker.job_runner import Runtime
 from llmq.worker.jobs.view import job_json
 from llmq.worker.observability import metrics
-from llmq.worker.runtime.event_loop import offload
+from llmq.worker.runtime.event_loop import wait
 from llmq.worker.secrets.key_vault import InvalidToken
-from llmq.worker.webhooks.callback import build_event, deliver, make_client, next_delay_s, signed_headers, webhook_id
-from llmq.worker.webhooks.callback_guard import CallbackRefused, resolve_and_check
+from llmq.worker.webhooks.callback import (
+    DeliveryResult,
+    build_event,
+    deadline_error,
+    deliver,
+    make_client,
+    next_delay_s,
+    signed_headers,
+    webhook_id,
+)
+from llmq.worker.webhooks.callback_guard import AllowList, CallbackRefused, resolve_and_check_async
 
 log = logging.getLogger("llmq.webhooks")
 HELD = ("delivering",)  # what a claimed delivery may be moved on from
@@ -37,8 +52,23 @@ class DeliveryStep:
 
 
 @functools.lru_cache(maxsize=1)
-def webhook_client() -> httpx2.Client:
-    return make_client()
+def webhook_client(max_connections: int) -> httpx2.AsyncClient:
+    """The process's client for callbacks, used on its event loop only."""
+    return make_client(max_connections)
+
+
+async def attempt(
+    url: str, allow: AllowList, headers: dict[str, str], payload: bytes, timeout_s: float, max_connections: int
+) -> DeliveryResult:
+    """Look the host up, check and pin it, and POST: all of it within `timeout_s`. Raises CallbackRefused."""
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout_s):
+            target = await resolve_and_check_async(url, allow)
+            result = await deliver(webhook_client(max_connections), target, headers, payload, timeout_s)
+    except TimeoutError:
+        result = DeliveryResult(None, deadline_error(timeout_s), 0.0)
+    return dataclasses.replace(result, duration_ms=round((time.perf_counter() - start) * 1000, 1))
 
 
 def max_hold_s(rt: Runtime) -> float:
@@ -65,12 +95,16 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
     fields = rt.store.fields(job_id)
     url = json.loads(fields["callback"])["url"]
     extra = {"job_id": job_id, "attempt": n}
+    settings = rt.settings
     try:
         secret = signing_secret(rt, fields)
         if secret is None:
             raise CallbackRefused("no signing secret: the job has none and LLMQ_WEBHOOK_SECRET is not set")
-        # A name lookup and a receiver can each take seconds: off the event loop (see `offload`).
-        target = offload(resolve_and_check, url, rt.settings.callback_allow_list)
+        payload = build_event(job_json(fields), now)
+        headers = signed_headers(secret, webhook_id(job_id), int(now), payload)
+        # A name lookup and a receiver can each take seconds: awaited on the loop, where the deadline can cut them.
+        result = wait(attempt(url, settings.callback_allow_list, headers, payload, settings.webhook_timeout_s,
+                              settings.webhook_concurrency))
     except (CallbackRefused, InvalidToken) as err:
         reason = str(err) if isinstance(err, CallbackRefused) else "the job's callback secret cannot be decrypted"
         record = {"n": n, "at": now, "status_code": None, "error": f"refused: {reason}", "duration_ms": 0.0}
@@ -79,9 +113,6 @@ def run_delivery(rt: Runtime, job_id: str) -> DeliveryStep:
         metrics.WEBHOOK_DELIVERIES.labels("refused").inc()
         return DeliveryStep(outcome="refused")
 
-    payload = build_event(job_json(fields), now)
-    headers = signed_headers(secret, webhook_id(job_id), int(now), payload)
-    result = offload(deliver, webhook_client(), target, headers, payload, rt.settings.webhook_timeout_s)
     record = result.to_record(n, now)
     if result.ok or result.gone:
         status = "delivered" if result.ok else "gone"

@@ -9,7 +9,7 @@ import time
 import greenback
 import pytest
 
-from llmq.worker.runtime.event_loop import get_loop, offload, on_loop_thread, wait
+from llmq.worker.runtime.event_loop import get_loop, on_loop_thread, wait
 
 
 async def answer_after(seconds: float, value: str) -> str:
@@ -59,16 +59,6 @@ def test_in_portals_waits_overlap_on_the_one_loop_thread() -> None:
     assert results == [f"t{n}" for n in range(20)]
     assert seen == [("llmq-event-loop", True)] * 20
     assert elapsed < 3.0, f"20 waits of 0.3 s took {elapsed:.1f}s: they ran one after another"
-
-
-def test_offload_runs_blocking_work_off_the_loop_and_directly_elsewhere() -> None:
-    def where() -> str:
-        time.sleep(0.05)
-        return threading.current_thread().name
-
-    assert offload(where) == threading.current_thread().name
-    [name] = run_in_portals(lambda: offload(where))
-    assert isinstance(name, str) and name.startswith("llmq-offload")
 
 
 def test_sync_code_on_the_loop_without_a_portal_is_refused() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -19,6 +20,7 @@ from llmq.worker.webhooks.callback import (
     DeliveryResult,
     build_event,
     check_secret,
+    deadline_error,
     deliver,
     make_client,
     new_secret,
@@ -28,6 +30,7 @@ from llmq.worker.webhooks.callback import (
     webhook_id,
 )
 from llmq.worker.webhooks.callback_guard import AllowList, PinnedTarget, resolve_and_check
+from tests.receiver import Receiver as DrippingReceiver
 
 JOB = {"id": "j_123", "status": "succeeded", "created_at": 1700000000.25, "result": {"text": "héllo ✓"}}
 
@@ -75,10 +78,17 @@ def receiver() -> Iterator[Receiver]:
         server.server_close()
 
 
-@pytest.fixture
-def client() -> Iterator[httpx2.Client]:
-    with make_client() as c:
-        yield c
+def post(
+    target: PinnedTarget, headers: dict[str, str], payload: bytes, timeout_s: float = 15.0,
+    client: httpx2.AsyncClient | None = None,
+) -> DeliveryResult:
+    """One delivery on a loop of its own, through a fresh callbacks client unless given one."""
+
+    async def run() -> DeliveryResult:
+        async with client or make_client() as c:
+            return await deliver(c, target, headers, payload, timeout_s)
+
+    return asyncio.run(run())
 
 
 def local_target(port: int) -> PinnedTarget:
@@ -115,13 +125,13 @@ def test_build_event_shape() -> None:
         build_event({**JOB, "status": "running"}, 0)
 
 
-def test_delivery_arrives_pinned_and_signed(receiver: Receiver, client: httpx2.Client) -> None:
+def test_delivery_arrives_pinned_and_signed(receiver: Receiver) -> None:
     secret = new_secret()
     payload, headers = signed(secret)
     target = local_target(receiver.port)
     assert target.request_url == f"http://127.0.0.1:{receiver.port}/hook?x=1"
 
-    result = deliver(client, target, headers, payload)
+    result = post(target, headers, payload)
 
     assert result.ok and not result.gone and result.error is None
     assert result.status_code == 204 and result.duration_ms >= 0
@@ -144,21 +154,21 @@ def test_delivery_arrives_pinned_and_signed(receiver: Receiver, client: httpx2.C
     ],
 )
 def test_receiver_answers(
-    receiver: Receiver, client: httpx2.Client, status: int, ok: bool, gone: bool, error: str | None
+    receiver: Receiver, status: int, ok: bool, gone: bool, error: str | None
 ) -> None:
     receiver.status = status
     payload, headers = signed(new_secret())
-    result = deliver(client, local_target(receiver.port), headers, payload)
+    result = post(local_target(receiver.port), headers, payload)
     assert (result.status_code, result.ok, result.gone, result.error) == (status, ok, gone, error)
     assert [seen.path for seen in receiver.requests] == ["/hook?x=1"]  # the redirect was not followed
 
 
-def test_closed_port_is_an_error_not_an_exception(client: httpx2.Client) -> None:
+def test_closed_port_is_an_error_not_an_exception() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     payload, headers = signed(new_secret())
-    result = deliver(client, local_target(port), headers, payload, timeout_s=2)
+    result = post(local_target(port), headers, payload, timeout_s=2)
     assert result.status_code is None and not result.ok
     assert result.error and result.error.startswith("connection to the receiver failed: ConnectError")
 
@@ -171,14 +181,25 @@ def test_https_sends_the_name_for_tls() -> None:
         return httpx2.Response(200, content=b"x" * 200_000)
 
     target = PinnedTarget("https://hooks.example/h", "https", "hooks.example", 443, "/h", "93.184.215.14")
-    with httpx2.Client(transport=httpx2.MockTransport(handler)) as mock:
-        result = deliver(mock, target, {"Host": "spoofed", "a": "b"}, b"{}")
+    result = post(target, {"Host": "spoofed", "a": "b"}, b"{}",
+                  client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
     assert result.ok
     [request] = seen
     assert str(request.url) == "https://93.184.215.14/h"
     assert request.extensions["sni_hostname"] == "hooks.example"
     assert request.headers.get_list("host") == ["hooks.example"]
     assert request.headers["a"] == "b"
+
+
+def test_a_receiver_that_drips_its_headers_is_cut_at_the_deadline() -> None:
+    # Every read is short; only a deadline for the whole answer stops it.
+    with DrippingReceiver(drip_s=30, drip_every_s=0.1) as dripping:
+        payload, headers = signed(new_secret())
+        result = post(local_target(dripping.port), headers, payload, timeout_s=1)
+        answered = dripping.answered  # the attempt ended before the receiver finished its answer
+    assert result.status_code is None and not result.ok
+    assert result.error == deadline_error(1)
+    assert answered == 0 and len(dripping.received) == 1
 
 
 def test_to_record() -> None:
