@@ -231,6 +231,6 @@ def test_a_job_cancelled_mid_call_shows_the_call_as_a_cancelled_attempt(
     assert job["status"] == "cancelled" and "result" not in job
     (attempt,) = job["attempts"]
     assert attempt["n"] == 1 and attempt["outcome"] == "cancelled"
-    assert attempt["status_code"] == (200 if answer["kind"] == "ok" else 503)
-    assert "cancelled" in attempt["message"]
+    # The cancel aborted the call before the proxy answered, whatever that answer would have been.
+    assert "status_code" not in attempt and "aborted" in attempt["message"]
     assert len(mock_proxy.calls(model)) == 1

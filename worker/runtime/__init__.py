@@ -28,6 +28,9 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
   `Redis.execute_command`. Retired by a cheaper `execute_command` in redis-py.
 - `broker_message`: no private name, but a copy of the JSON kombu's Redis transport pushes; its test compares
   it with a message Celery publishes. Retired by nothing: submitting in one script needs it.
+- `lanes`: slots of their own for webhook deliveries. Relies on Celery handing a pool the task's name as the
+  tracer's first argument, and on kombu's Redis channel taking the queues of each `BRPOP` from
+  `Channel._queue_cycle.consume` (which `redis_transport` wraps). Retired by a per-queue prefetch in Celery.
 - `event_loop`, `gc_tuning`: public APIs only (uvloop, greenback, `gc`).
 
 Outside this package, two modules lean on private behaviour too, listed here and checked by the same test:
