@@ -16,6 +16,8 @@ from pathlib import Path
 import redis
 
 START_TIMEOUT_S = 15.0
+# As a production Redis has one: the high-water mark (LLMQ_REDIS_HIGH_WATER) and a full Redis behave here as there.
+MAXMEMORY = "512mb"
 
 
 def free_port() -> int:
@@ -52,7 +54,7 @@ class RedisServer:
         args = [
             redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--notify-keyspace-events", "",
+            "--maxmemory", MAXMEMORY, "--maxmemory-policy", "noeviction", "--notify-keyspace-events", "",
             "--hash-max-ziplist-value", "1024",  # as ops/redis/redis.conf: job records in the compact encoding
             "--logfile", str(self.data_dir / "redis.log"),
         ]
