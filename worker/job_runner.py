@@ -20,6 +20,7 @@ from llmq.worker.observability import metrics
 from llmq.worker.proxy.client import UpstreamClient, client_for
 from llmq.worker.proxy.errors import UpstreamError
 from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
+from llmq.worker.proxy.key_verdicts import KeyVerdicts
 from llmq.worker.proxy.retry_policy import RetryPolicy, next_delay
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.event_loop import wait
@@ -40,6 +41,7 @@ class Runtime:
     vault: KeyVault
     policy: RetryPolicy
     flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
+    verdicts: KeyVerdicts | None = None  # the proxy's 2xx and 401/403 per key, for the API's quotas
 
     @property
     def lease_s(self) -> float:
@@ -84,6 +86,7 @@ def runtime() -> Runtime:
         vault=vault_for(settings.server_secret),
         policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
         flow=flow_control_for(settings, client),
+        verdicts=KeyVerdicts(client, vault_for(settings.server_secret), settings.rejected_key_block_s),
     )
 
 
@@ -206,6 +209,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
                 completion = wait(rt.upstream.complete(base_url, key, body))
     except UpstreamError as err:
         _cool_down(rt, claim, err)
+        if err.status_code in (401, 403) and rt.verdicts is not None:
+            rt.verdicts.rejected(key)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
         record = attempt_record(claim, started, err, delay, err.status_code)
         metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)
@@ -221,6 +226,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             metrics.JOBS_FINISHED.labels("failed").inc()
         return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
+    if rt.verdicts is not None:
+        rt.verdicts.accepted(claim.app_id)
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(claim.model, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)
