@@ -19,6 +19,11 @@ from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_ev
 StreamEntries = list[tuple[str, dict[str, str]]]
 StreamReply = list[tuple[str, StreamEntries]]
 
+# A key the proxy rejects is refused at submission at most this long after a worker recorded it: a caller's
+# submissions within it skip that look-up. App ids found known are not looked up again (an app id stays known).
+REJECTED_RECHECK_S = 1.0
+CALLER_CACHE_SIZE = 10_000
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -67,6 +72,9 @@ class AsyncJobStore:
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
         self._watch = client.register_script(job_scripts.WATCH)
+        # What the submit script told lately, so that it need not look again (bounded: cleared when full):
+        self._known_apps: set[str] = set()  # app ids the proxy accepted (an app id stays known)
+        self._not_rejected_at: dict[str, float] = {}  # owner -> when its key was last found not rejected
         # Single submissions arriving together share a round trip (see api.group_commit).
         self.submit_one: GroupCommit[Submission, str | Refusal] = GroupCommit(self.submit_many, max_items=1000)
 
@@ -76,11 +84,33 @@ class AsyncJobStore:
         Returns for each the id that answers for it (its own, or on an idempotent replay the earlier job's), or
         the refusal of its caller, whose other jobs in the call are refused with it. A call holds at most a
         batch or a group of single POSTs (1,000 jobs): a few milliseconds of Redis's time."""
-        replies = await self._submit(**self._submit_call(submissions))
-        return [_refusal(reply) if reply.startswith("!") else reply for reply in replies]
+        call, owners, apps = self._submit_call(submissions)
+        replies = await self._submit(**call)
+        answers: list[str | Refusal] = [_refusal(reply) if reply.startswith("!") else reply for reply in replies[:-1]]
+        self._remember(owners, apps, replies[-1], answers, submissions)
+        return answers
 
-    def _submit_call(self, submissions: list[Submission]) -> dict[str, Any]:
+    def _remember(
+        self, owners: list[str], apps: list[str], known: str, answers: list[str | Refusal],
+        submissions: list[Submission],
+    ) -> None:
+        if len(self._known_apps) >= CALLER_CACHE_SIZE:
+            self._known_apps.clear()
+        if len(self._not_rejected_at) >= CALLER_CACHE_SIZE:
+            self._not_rejected_at.clear()
+        self._known_apps.update(app for app, flag in zip(apps, known, strict=True) if flag == "k")
+        rejected = {s.job.owner for s, a in zip(submissions, answers, strict=True)
+                    if isinstance(a, Refusal) and a.reason == "rejected_key"}
+        now = time.monotonic()
+        for owner in owners:
+            if owner not in rejected:
+                self._not_rejected_at.setdefault(owner, now)
+
+    def _submit_call(self, submissions: list[Submission]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """The script's keys and arguments; the callers' owners and app ids, in the script's order."""
         callers: dict[str, int] = {}  # owner -> its index in the script, from 1
+        apps: list[str] = []
+        now = time.monotonic()
         caller_keys: list[str] = []
         caller_args: list[str | int] = []
         job_keys: list[str] = []
@@ -91,8 +121,13 @@ class AsyncJobStore:
             if caller is None:
                 caller = callers[job.owner] = len(callers) + 1
                 caller_keys += [redis_keys.rejected_key(job.owner), redis_keys.app_unfinished(job.app_id)]
-                caller_args += [redis_keys.name_part(job.app_id), "1" if job.app_id in self.quotas.trusted_app_ids
-                                else "0"]
+                apps.append(job.app_id)
+                known = job.app_id in self.quotas.trusted_app_ids or job.app_id in self._known_apps
+                checked_at = self._not_rejected_at.get(job.owner)
+                if checked_at is not None and now - checked_at >= REJECTED_RECHECK_S:
+                    del self._not_rejected_at[job.owner]
+                    checked_at = None
+                caller_args += [redis_keys.name_part(job.app_id), ("k" if known else "") + ("" if checked_at else "r")]
             idem = redis_keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.fields
             job_keys += [redis_keys.job(job.id), idem, submission.queue or ""]
@@ -103,7 +138,7 @@ class AsyncJobStore:
                  *job_keys]
         args = [self.ttl_s, repr(time.time() - self.ttl_s), self.quotas.app_max, self.quotas.unknown_apps_max,
                 len(callers), *caller_args, *job_args]
-        return {"keys": keys_, "args": args}
+        return {"keys": keys_, "args": args}, list(callers), apps
 
     async def forget(self, submissions: list[Submission]) -> None:
         """Undo submissions whose messages could not be published."""

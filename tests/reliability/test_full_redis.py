@@ -115,7 +115,8 @@ def test_single_posts_committed_together_are_all_recorded_or_none(api_only: Stac
 
 
 def test_a_worker_keeps_running_through_a_full_redis_and_loses_no_message(
-    own_redis: RedisServer, mock_proxy: MockProxy, make_stack: Callable[..., Stack], model: str
+    own_redis: RedisServer, mock_proxy: MockProxy, make_stack: Callable[..., Stack], model: str,
+    record_figures: Callable[..., None],
 ) -> None:
     stack = make_stack(own_redis.url, mock_proxy.url, "full-redis-worker", LLMQ_WORKER_CONCURRENCY="1")
     stack.start_api()
@@ -136,8 +137,12 @@ def test_a_worker_keeps_running_through_a_full_redis_and_loses_no_message(
                 time.sleep(1.5)
                 assert worker.alive, "the worker stopped on a full Redis"
                 assert stack.redis.llen(QUEUE) == 1, "the message was taken while Redis could not record it"
+            freed = time.monotonic()
             job = wait_finished(client, second["id"], timeout_s=30)
+            ran_after_s = time.monotonic() - freed
         assert job["status"] == "succeeded"
+        record_figures("full Redis, worker", lost=0, worker_alive=True,
+                       job_done_after_memory_freed_s=round(ran_after_s, 2))
         assert "Unrecoverable error" not in stack.log_text()
     finally:
         stack.redis.flushdb()

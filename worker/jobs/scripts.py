@@ -22,11 +22,13 @@ from llmq.worker.redis_keys import EVENTS_MAXLEN
 # Per caller (one owner and its app id): its rejected-key marker and its app's quota set; per job, its record.
 # KEYS: active, known apps, unknown apps' quota set; per caller: rejected marker, app quota set;
 #       per job: job, idempotency ('' for none), broker queue ('' to publish separately)
-# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count; per caller: app name, trusted ('1'|'0');
+# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count; per caller: app name, flags ('k': the app id
+#       is known, no need to look; 'r': look for the rejected-key marker; the API skips what it looked at lately);
 #       per job: caller index, pair_count, now, job_id, broker message, field, value, ...
 # No event is written here: a job's `queued` event is always told from its record (api.event_history).
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay), or its caller's refusal:
-# '!rejected_key:<ms left>' | '!app_quota' | '!unknown_app_quota'.
+# '!rejected_key:<ms left>' | '!app_quota' | '!unknown_app_quota'; then one character per caller: 'k' if its app
+# id is known, '-' otherwise.
 SUBMIT = """#!lua
 local active, known, unknown = KEYS[1], KEYS[2], KEYS[3]
 local ttl, stale_before = ARGV[1], ARGV[2]
@@ -45,17 +47,19 @@ while k <= #KEYS do
   jobs[#jobs + 1] = job
   k, a = k + 3, job.last + 1
 end
-local refusal, quota_of, counts = {}, {}, {}
+local refusal, quota_of, counts, known_apps = {}, {}, {}, {}
 for c = 1, callers do
   if need[c] then
-    local left = redis.call('PTTL', KEYS[2 + 2 * c])
+    local flags = ARGV[5 + 2 * c]
+    local left = string.find(flags, 'r', 1, true) and redis.call('PTTL', KEYS[2 + 2 * c]) or -2
     if left > 0 then
       refusal[c] = '!rejected_key:' .. left
     else
       local set, limit, name = KEYS[3 + 2 * c], app_limit, '!app_quota'
-      if ARGV[5 + 2 * c] ~= '1' and redis.call('SISMEMBER', known, ARGV[4 + 2 * c]) == 0 then
+      if not string.find(flags, 'k', 1, true) and redis.call('SISMEMBER', known, ARGV[4 + 2 * c]) == 0 then
         set, limit, name = unknown, unknown_limit, '!unknown_app_quota'
       end
+      known_apps[c] = set ~= unknown and 'k' or '-'
       counts[set] = counts[set] or redis.call('ZCARD', set)
       if counts[set] + need[c] > limit then
         -- Self-healing: entries older than a record's TTL belong to records gone without a last transition.
@@ -104,6 +108,9 @@ end
 bulk('ZADD', active, entries)
 for set, items in pairs(by_set) do bulk('ZADD', set, items) end
 for queue, messages in pairs(by_queue) do bulk('LPUSH', queue, messages) end
+local told = {}
+for c = 1, callers do told[c] = known_apps[c] or '-' end
+ids[#ids + 1] = table.concat(told)
 return ids
 """
 

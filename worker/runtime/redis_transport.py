@@ -35,8 +35,11 @@ is popped. The consumer then waits `TAKE_BACKOFF_S` and asks again, the messages
 pops as many messages as the worker has free slots (up to `TAKE_MAX`) from the first queue that has any: one
 call for several jobs. Only a worker that found every queue empty blocks, with kombu's `BRPOP`; the message that
 wakes it is recorded at once, by a script allowed past `maxmemory` if Redis has filled meanwhile (only messages
-handed back are pushed onto a full Redis), and its next take is a `TAKE` again. A crash in that instant loses the
-message to the sweeper, as every delivery could with kombu's transport.
+handed back are pushed onto a full Redis). If that message came at once (others may be waiting), the next take is
+a `TAKE` again; if it came after a wait, the worker waits again with `BRPOP`, as an idle worker taking one job at a
+time costs two commands a job that way, where a `TAKE` finding nothing in between would cost two more. A crash in
+the instant between a `BRPOP` and its record loses that message to the sweeper, as every delivery could with
+kombu's transport.
 """
 
 from __future__ import annotations
@@ -110,6 +113,8 @@ return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 TAKE_MAX = 10
 # How long a consumer waits before taking again after Redis refused a TAKE (a full Redis, most likely).
 TAKE_BACKOFF_S = 1.0
+# A BRPOP answered sooner than this found a message already waiting: take the next ones with TAKE.
+WAITED_S = 0.005
 # A refusal is logged at most this often while it lasts.
 REFUSAL_LOG_EVERY_S = 30.0
 
@@ -333,12 +338,14 @@ class Channel(kombu_redis.Channel):
         message = bytes_to_str(item)
         payload = loads(message)
         member = unacked_member(message, queue)
+        recorded_past_limit = False
         try:
             self.held().execute("ZADD", self.unacked_index_key, time(), member)
         except redis.exceptions.OutOfMemoryError:
             self.held().execute("EVAL", RECORD, 1, self.unacked_index_key, time(), member)
+            recorded_past_limit = True
         self.qos.recorded(payload["properties"]["delivery_tag"], member)
-        self._take_next = True
+        self._take_next = recorded_past_limit or monotonic() - (self._brpop_sent_at or 0.0) < WAITED_S
         self.connection._deliver(payload, queue)
         return True
 
