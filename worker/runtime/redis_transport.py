@@ -35,9 +35,10 @@ is popped. The consumer then waits `TAKE_BACKOFF_S` and asks again, the messages
 pops as many messages as the worker has free slots (up to `TAKE_MAX`) from the first queue that has any: one
 call for several jobs. Only a worker that found every queue empty blocks, with kombu's `BRPOP`; the message that
 wakes it is recorded at once, by a script allowed past `maxmemory` if Redis has filled meanwhile (only messages
-handed back are pushed onto a full Redis). If that message came at once (others may be waiting), the next take is
-a `TAKE` again; if it came after a wait, the worker waits again with `BRPOP`, as an idle worker taking one job at a
-time costs two commands a job that way, where a `TAKE` finding nothing in between would cost two more. A crash in
+handed back are pushed onto a full Redis). Once messages come at once to `BRPOP` twice in a row (a queue is
+filling up), the next take is a `TAKE` again; while they come after a wait, the worker waits again with `BRPOP`: an
+idle worker taking one job at a time costs two commands a job that way, where a `TAKE` finding nothing in between
+would cost two more. A crash in
 the instant between a `BRPOP` and its record loses that message to the sweeper, as every delivery could with
 kombu's transport.
 """
@@ -113,8 +114,10 @@ return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 TAKE_MAX = 10
 # How long a consumer waits before taking again after Redis refused a TAKE (a full Redis, most likely).
 TAKE_BACKOFF_S = 1.0
-# A BRPOP answered sooner than this found a message already waiting: take the next ones with TAKE.
+# A BRPOP answered sooner than this found a message already waiting; after QUICK_WAKES such answers in a row, the
+# next ones are taken with TAKE.
 WAITED_S = 0.005
+QUICK_WAKES = 2
 # A refusal is logged at most this often while it lasts.
 REFUSAL_LOG_EVERY_S = 30.0
 
@@ -251,6 +254,7 @@ class Channel(kombu_redis.Channel):
     # What the consuming connection was sent: 'take' (TAKE), 'wait' (BRPOP for TAKE's mode) or None (kombu's own).
     _sent: str | None = None
     _take_next = True  # False after a TAKE found nothing: block with BRPOP until a message comes
+    _quick_wakes = 0  # BRPOPs in a row that found a message already waiting
     _paused_until = 0.0
     _refusal_logged_at = -REFUSAL_LOG_EVERY_S
 
@@ -345,7 +349,11 @@ class Channel(kombu_redis.Channel):
             self.held().execute("EVAL", RECORD, 1, self.unacked_index_key, time(), member)
             recorded_past_limit = True
         self.qos.recorded(payload["properties"]["delivery_tag"], member)
-        self._take_next = recorded_past_limit or monotonic() - (self._brpop_sent_at or 0.0) < WAITED_S
+        quick = monotonic() - (self._brpop_sent_at or 0.0) < WAITED_S
+        self._quick_wakes = self._quick_wakes + 1 if quick else 0
+        self._take_next = recorded_past_limit or self._quick_wakes >= QUICK_WAKES
+        if self._take_next:
+            self._quick_wakes = 0
         self.connection._deliver(payload, queue)
         return True
 
