@@ -3,6 +3,7 @@ rejected refused for a while: on real processes, with limits small enough to rea
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -117,3 +118,25 @@ def test_a_key_the_proxy_rejected_is_refused_for_a_while(
                    "the key to be accepted again after LLMQ_REJECTED_KEY_BLOCK_S")
     # Recorded by the key's fingerprint, never the key.
     assert not [key for key in with_worker.redis.keys("*") if "revoked" in key]
+
+
+def test_in_a_group_of_single_posts_only_the_caller_over_its_quota_is_refused(api_only: Stack, model: str) -> None:
+    """Concurrent POSTs share one script call (api.group_commit); a quota refuses its own caller's jobs only."""
+    api_only.redis.sadd(redis_keys.KNOWN_APPS, "5005", "5006")
+    with api_only.client("5005:key-e") as full:
+        full.post("/v1/jobs/batch", json={"jobs": [{"request": chat(model)}] * APP_MAX}).raise_for_status()
+    answers: dict[str, list[int]] = {"5005:key-e": [], "5006:key-f": []}
+    lock = threading.Lock()
+
+    def post(key: str) -> None:
+        with api_only.client(key) as client:
+            status = client.post("/v1/jobs", json={"request": chat(model)}).status_code
+        with lock:
+            answers[key].append(status)
+
+    threads = [threading.Thread(target=post, args=(key,)) for _ in range(APP_MAX - 1) for key in answers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert answers == {"5005:key-e": [429] * (APP_MAX - 1), "5006:key-f": [202] * (APP_MAX - 1)}
