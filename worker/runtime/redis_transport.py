@@ -38,9 +38,8 @@ wakes it is recorded at once, by a script allowed past `maxmemory` if Redis has 
 handed back are pushed onto a full Redis). Once messages come at once to `BRPOP` twice in a row (a queue is
 filling up), the next take is a `TAKE` again; while they come after a wait, the worker waits again with `BRPOP`: an
 idle worker taking one job at a time costs two commands a job that way, where a `TAKE` finding nothing in between
-would cost two more. A crash in
-the instant between a `BRPOP` and its record loses that message to the sweeper, as every delivery could with
-kombu's transport.
+would cost two more. A crash in the instant between a `BRPOP` and its record leaves that message to the sweeper,
+as every delivery could with kombu's transport.
 """
 
 from __future__ import annotations
@@ -283,9 +282,10 @@ class Channel(kombu_redis.Channel):
         if self._take_next:
             self._sent = "take"
             names = [json.dumps(queue) for _ in self.priority_steps for queue in queues]
-            count = min(self.qos.can_consume_max_estimate() or TAKE_MAX, TAKE_MAX)
+            free = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+            count = TAKE_MAX if free is None else max(1, min(free, TAKE_MAX))
             self.client.connection.send_command(
-                "EVALSHA", TAKE_SHA, 1 + len(keys), self.unacked_index_key, *keys, time(), max(count, 1), *names
+                "EVALSHA", TAKE_SHA, 1 + len(keys), self.unacked_index_key, *keys, time(), count, *names
             )
         else:
             self._sent = "wait"
