@@ -16,7 +16,7 @@ from tests.redis_monitor import CommandLog
 from tests.stack import MockProxy, Stack, chat, eventually
 
 BUDGET = 15
-# A lone single POST pays the quota's count, entry and removal (ZCARD, ZADD, ZREM) on its own: 17.4-18.1 measured,
+# A lone single POST pays the quota's count, entry and removal (ZCARD, ZADD, ZREM) on its own: 17.2-18.1 measured,
 # against 14.4 before quotas (README, Known limits). Batches and POSTs grouped under load share the first two.
 SINGLE_POST_BUDGET = 19
 JOBS = 100
