@@ -83,7 +83,7 @@ class AsyncJobStore:
 
         Returns for each the id that answers for it (its own, or on an idempotent replay the earlier job's), or
         the refusal of its caller, whose other jobs in the call are refused with it. A call holds at most a
-        batch or a group of single POSTs (1,000 jobs): a few milliseconds of Redis's time."""
+        batch or a group of single POSTs (1,000 jobs), which holds Redis for some 25-35 ms (docs/capacity.md)."""
         call, owners, apps = self._submit_call(submissions)
         replies = await self._submit(**call)
         answers: list[str | Refusal] = [_refusal(reply) if reply.startswith("!") else reply for reply in replies[:-1]]
