@@ -64,16 +64,34 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return response
 
 
-async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("redis unavailable: %s", type(exc).__name__)
-    response = error_response(503, "unavailable", "Job storage (Redis) is unreachable; try again in a few seconds.")
-    response.headers["Retry-After"] = "5"
-    return response
+# Redis's refusals, most specific first: (exception, message, Retry-After seconds). Starlette picks a handler by
+# the exception's class hierarchy, so `RedisError` answers for whatever the others do not name.
+REDIS_FAILURES: tuple[tuple[type[redis.exceptions.RedisError], str, int], ...] = (
+    (redis.exceptions.ConnectionError, "Job storage (Redis) is unreachable; try again in a few seconds.", 5),
+    (redis.exceptions.TimeoutError, "Job storage (Redis) is unreachable; try again in a few seconds.", 5),
+    (redis.exceptions.OutOfMemoryError,
+     "Job storage (Redis) is full and refuses new writes; nothing was recorded. Try again once jobs have drained.",
+     30),
+    (redis.exceptions.BusyLoadingError, "Job storage (Redis) is loading its data; try again in a few seconds.", 5),
+    (redis.exceptions.ReadOnlyError, "Job storage (Redis) is read-only (a failover?); try again in a few seconds.", 5),
+    (redis.exceptions.RedisError, "Job storage (Redis) refused the request; nothing was recorded. Try again shortly.",
+     5),
+)
+
+
+def _redis_failure(message: str, retry_after_s: int):  # type: ignore[no-untyped-def]
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis refused a request: %s: %.200s", type(exc).__name__, exc)
+        response = error_response(503, "unavailable", message)
+        response.headers["Retry-After"] = str(retry_after_s)
+        return response
+
+    return handle
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    for exc_class, message, retry_after_s in REDIS_FAILURES:
+        app.add_exception_handler(exc_class, _redis_failure(message, retry_after_s))

@@ -9,15 +9,19 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from llmq.api.group_commit import GroupCommit
+from llmq.api.memory_guard import MemoryGuard
 from llmq.api.stream_reader import Subscription
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
 from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, read_json, state_event
 
-SUBMIT_CHUNK = 100
-
-# What redis-py returns from XRANGE, with decode_responses on.
+# What redis-py returns from the stream commands, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
+
+# A key the proxy rejects is refused at submission at most this long after a worker recorded it: a caller's
+# submissions within it skip that look-up. App ids found known are not looked up again (an app id stays known).
+REJECTED_RECHECK_S = 1.0
+CALLER_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -30,46 +34,106 @@ class Submission:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Quotas:
+    """Unfinished jobs allowed per known app id, and in all for the app ids not known yet."""
+
+    app_max: int
+    unknown_apps_max: int
+    trusted_app_ids: frozenset[str] = frozenset()  # known without asking the proxy (the service's own key)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the submit script recorded none of a caller's jobs: its quota is used up, or the proxy rejected its key."""
+
+    reason: str  # rejected_key | app_quota | unknown_app_quota
+    retry_after_s: int = 0
+
+
+def _refusal(reply: str) -> Refusal:
+    reason, _, ms_left = reply[1:].partition(":")
+    return Refusal(reason, max(1, -(-int(ms_left) // 1000)) if ms_left else 0)
+
+
 class AsyncJobStore:
-    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, ttl_s: int, quotas: Quotas, memory: MemoryGuard) -> None:
         self.redis = client
+        self.memory = memory  # checked by the submission (api.submission) before the script runs
         self.ttl_s = ttl_s
+        self.quotas = quotas
         self._submit = client.register_script(job_scripts.SUBMIT)
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
         self._watch = client.register_script(job_scripts.WATCH)
+        # What the submit script told lately, so that it need not look again (bounded: cleared when full):
+        self._known_apps: set[str] = set()  # app ids the proxy accepted (an app id stays known)
+        self._not_rejected_at: dict[str, float] = {}  # owner -> when its key was last found not rejected
         # Single submissions arriving together share a round trip (see api.group_commit).
-        self.submit_one: GroupCommit[Submission, str] = GroupCommit(self.submit_many, max_items=1000)
+        self.submit_one: GroupCommit[Submission, str | Refusal] = GroupCommit(self.submit_many, max_items=1000)
 
-    async def submit_many(self, submissions: list[Submission]) -> list[str]:
-        """Record jobs (and push their messages, when given) in one round trip.
+    async def submit_many(self, submissions: list[Submission]) -> list[str | Refusal]:
+        """Record jobs (and push their messages, when given) in one script call: all of them, or none.
 
-        Returns the id that answers for each: its own, or on an idempotent replay the earlier job's.
-        Chunks of `SUBMIT_CHUNK` jobs go to one script call each: one reply to read per chunk rather than
-        per job, while Redis still serves other clients between chunks."""
-        calls = [self._submit_call(submissions[i:i + SUBMIT_CHUNK]) for i in range(0, len(submissions), SUBMIT_CHUNK)]
-        if len(calls) == 1:
-            # A pipeline asks SCRIPT EXISTS before every run; a lone call saves that round trip.
-            return cast(list[str], await self._submit(**calls[0]))
-        pipe = self.redis.pipeline(transaction=False)
-        for call in calls:
-            await self._submit(**call, client=pipe)
-        return [job_id for chunk in await pipe.execute() for job_id in chunk]
+        Returns for each the id that answers for it (its own, or on an idempotent replay the earlier job's), or
+        the refusal of its caller, whose other jobs in the call are refused with it. A call holds at most a
+        batch or a group of single POSTs (1,000 jobs), which holds Redis for some 25-35 ms (docs/capacity.md)."""
+        call, owners, apps = self._submit_call(submissions)
+        replies = await self._submit(**call)
+        answers: list[str | Refusal] = [_refusal(reply) if reply.startswith("!") else reply for reply in replies[:-1]]
+        self._remember(owners, apps, replies[-1], answers, submissions)
+        return answers
 
-    def _submit_call(self, submissions: list[Submission]) -> dict[str, Any]:
-        keys_: list[str] = []
-        args: list[str | int] = [self.ttl_s]
+    def _remember(
+        self, owners: list[str], apps: list[str], known: str, answers: list[str | Refusal],
+        submissions: list[Submission],
+    ) -> None:
+        if len(self._known_apps) >= CALLER_CACHE_SIZE:
+            self._known_apps.clear()
+        if len(self._not_rejected_at) >= CALLER_CACHE_SIZE:
+            self._not_rejected_at.clear()
+        self._known_apps.update(app for app, flag in zip(apps, known, strict=True) if flag == "k")
+        rejected = {s.job.owner for s, a in zip(submissions, answers, strict=True)
+                    if isinstance(a, Refusal) and a.reason == "rejected_key"}
+        now = time.monotonic()
+        for owner in owners:
+            if owner not in rejected:
+                self._not_rejected_at.setdefault(owner, now)
+
+    def _submit_call(self, submissions: list[Submission]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """The script's keys and arguments; the callers' owners and app ids, in the script's order."""
+        callers: dict[str, int] = {}  # owner -> its index in the script, from 1
+        apps: list[str] = []
+        now = time.monotonic()
+        caller_keys: list[str] = []
+        caller_args: list[str | int] = []
+        job_keys: list[str] = []
+        job_args: list[str | int] = []
         for submission in submissions:
             job = submission.job
+            caller = callers.get(job.owner)
+            if caller is None:
+                caller = callers[job.owner] = len(callers) + 1
+                caller_keys += [redis_keys.rejected_key(job.owner), redis_keys.app_unfinished(job.app_id)]
+                apps.append(job.app_id)
+                known = job.app_id in self.quotas.trusted_app_ids or job.app_id in self._known_apps
+                checked_at = self._not_rejected_at.get(job.owner)
+                if checked_at is not None and now - checked_at >= REJECTED_RECHECK_S:
+                    del self._not_rejected_at[job.owner]
+                    checked_at = None
+                caller_args += [redis_keys.name_part(job.app_id), ("k" if known else "") + ("" if checked_at else "r")]
             idem = redis_keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.fields
-            keys_ += [redis_keys.job(job.id), idem, submission.queue or ""]
-            args += [len(fields), repr(job.created_at), job.id, submission.message,
-                     repr(job.deadline) if job.deadline is not None else ""]
+            job_keys += [redis_keys.job(job.id), idem, submission.queue or ""]
+            job_args += [caller, len(fields), repr(job.created_at), job.id, submission.message,
+                         repr(job.deadline) if job.deadline is not None else ""]
             for pair in fields.items():
-                args += pair
-        keys_ += [redis_keys.ACTIVE_JOBS, redis_keys.DEADLINES]
-        return {"keys": keys_, "args": args}
+                job_args += pair
+        keys_ = [redis_keys.ACTIVE_JOBS, redis_keys.KNOWN_APPS, redis_keys.UNKNOWN_APPS_UNFINISHED,
+                 redis_keys.DEADLINES, *caller_keys, *job_keys]
+        args = [self.ttl_s, repr(time.time() - self.ttl_s), self.quotas.app_max, self.quotas.unknown_apps_max,
+                len(callers), *caller_args, *job_args]
+        return {"keys": keys_, "args": args}, list(callers), apps
 
     async def forget(self, submissions: list[Submission]) -> None:
         """Undo submissions whose messages could not be published."""
@@ -80,6 +144,9 @@ class AsyncJobStore:
             pipe.zrem(redis_keys.ACTIVE_JOBS, job.id)
             if job.deadline is not None:
                 pipe.zrem(redis_keys.DEADLINES, job.id)
+            # It was counted in one of these two.
+            pipe.zrem(redis_keys.app_unfinished(job.app_id), job.id)
+            pipe.zrem(redis_keys.UNKNOWN_APPS_UNFINISHED, job.id)
             if submission.idempotency_key:
                 pipe.delete(redis_keys.idempotency(job.owner, submission.idempotency_key))
         await pipe.execute()

@@ -13,14 +13,15 @@ from fastapi_offline import FastAPIOffline
 from llmq.api import redis_client
 from llmq.api.body_limit import BodyLimitMiddleware
 from llmq.api.errors import install_error_handlers
-from llmq.api.job_store import AsyncJobStore
+from llmq.api.job_store import AsyncJobStore, Quotas
+from llmq.api.memory_guard import MemoryGuard
 from llmq.api.routes import batch, events, health, jobs, metrics
 from llmq.api.stream_reader import StreamReader
 from llmq.api.uploads import FILES_PATH, upload_body_limit
 from llmq.worker.celery_app import app as celery_app
 from llmq.worker.observability.logs import configure_logging
 from llmq.worker.runtime.gc_tuning import freeze_startup_objects
-from llmq.worker.secrets.key_vault import vault_for
+from llmq.worker.secrets.key_vault import app_id_of, vault_for
 from llmq.worker.settings import Settings, get_settings
 
 BROKER_CHECK_TIMEOUT_S = 2.0
@@ -56,7 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               settings.max_waiters, settings.waiter_queue_s)
         app.state.settings = settings
         app.state.redis = client
-        app.state.store = AsyncJobStore(client, settings.result_ttl_s)
+        app.state.memory = MemoryGuard(client, settings.redis_high_water)
+        trusted = frozenset({app_id_of(settings.service_key)} if settings.service_key else ())
+        quotas = Quotas(settings.app_max_unfinished, settings.unknown_apps_max_unfinished, trusted)
+        app.state.store = AsyncJobStore(client, settings.result_ttl_s, quotas, app.state.memory)
         app.state.stream_reader = reader
         app.state.vault = vault_for(settings.server_secret, settings.previous_secrets)
         app.state.broker_check = _broker_check(settings, client)

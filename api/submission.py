@@ -14,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from llmq.api.deps import Caller, caller_of
 from llmq.api.direct_route import json_body, require_json
 from llmq.api.errors import ApiError
-from llmq.api.job_store import AsyncJobStore, Submission
+from llmq.api.job_store import AsyncJobStore, Refusal, Submission
+from llmq.api.memory_guard import job_footprint_bytes
 from llmq.api.schemas import JobCreate
 from llmq.worker import redis_keys
 from llmq.worker.celery_app import app as celery_app
@@ -25,6 +26,9 @@ from llmq.worker.settings import Settings
 from llmq.worker.tasks import enqueue_many
 from llmq.worker.webhooks.callback import check_secret
 from llmq.worker.webhooks.callback_guard import CallbackRefused, resolve_and_check
+
+# Quotas free up as jobs finish: a caller over one may look again after this long.
+QUOTA_RETRY_AFTER_S = 10
 
 
 async def submission_arguments(request: Request, body_model: type[BaseModel]) -> dict[str, Any]:
@@ -117,13 +121,46 @@ def build_job(
     )
 
 
+def refusal_error(refusal: Refusal, app_id: str, count: int, settings: Settings) -> ApiError:
+    """The answer to a caller whose jobs the submit script refused (api.job_store)."""
+    app = repr(app_id[:100])
+    jobs = f"{count} job{'s' if count != 1 else ''}"
+    if refusal.reason == "rejected_key":
+        return ApiError(401, "unauthorized",
+                        "The proxy rejected this key (401/403) in the last "
+                        f"{settings.rejected_key_block_s} s (LLMQ_REJECTED_KEY_BLOCK_S); submissions with it are "
+                        f"refused for another {refusal.retry_after_s} s. Check the key, then try again.",
+                        headers={"WWW-Authenticate": "Bearer", "Retry-After": str(refusal.retry_after_s)})
+    if refusal.reason == "app_quota":
+        message = (f"App id {app} is at its limit of {settings.app_max_unfinished} unfinished jobs "
+                   f"(LLMQ_APP_MAX_UNFINISHED); these {jobs} would pass it, and none was recorded. "
+                   "Try again as its jobs finish, or cancel some.")
+    else:
+        message = (f"App ids whose key the proxy has not accepted yet share a limit of "
+                   f"{settings.unknown_apps_max_unfinished} unfinished jobs (LLMQ_UNKNOWN_APPS_MAX_UNFINISHED); "
+                   f"these {jobs} of app id {app} would pass it, and none was recorded. The app id gets its own "
+                   f"limit ({settings.app_max_unfinished}, LLMQ_APP_MAX_UNFINISHED) once the proxy has accepted "
+                   "one of its jobs. Try again as jobs finish.")
+    return ApiError(429, "quota_exceeded", message, headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)})
+
+
+def _check_refusals(ids: list[str | Refusal], jobs: list[tuple[NewJob, str | None]], settings: Settings) -> list[str]:
+    for answer, (job, _) in zip(ids, jobs, strict=True):
+        if isinstance(answer, Refusal):
+            count = sum(1 for other, _ in jobs if other.owner == job.owner)
+            raise refusal_error(answer, job.app_id, count, settings)
+    return ids  # type: ignore[return-value]
+
+
 async def record_and_queue(
     store: AsyncJobStore, jobs: list[tuple[NewJob, str | None]], settings: Settings
 ) -> list[str]:
-    """Record jobs and queue them; the id answering for each (an earlier job's on an idempotent replay).
+    """Record jobs and queue them, all or none; the id answering for each (an earlier job's on an idempotent replay).
 
-    With the broker on the job Redis, one script does both, atomically. Otherwise the jobs are recorded,
-    then published through Celery; if that fails they are forgotten and the caller gets 503."""
+    Refused with 503 when they would take Redis above its high-water mark, 429 over the app's quota, 401 for a key
+    the proxy rejected. With the broker on the job Redis, one script does both, atomically. Otherwise the jobs are
+    recorded, then published through Celery; if that fails they are forgotten and the caller gets 503."""
+    await store.memory.check_room(sum(job_footprint_bytes(job.request_json) for job, _ in jobs))
     if settings.effective_broker_url == settings.redis_url:
         queues = [redis_keys.QUEUE_BY_PRIORITY[job.priority] for job, _ in jobs]
         submissions = [
@@ -131,10 +168,10 @@ async def record_and_queue(
             for (job, idem), queue in zip(jobs, queues, strict=True)
         ]
         if len(submissions) == 1:
-            return [await store.submit_one(submissions[0])]
-        return await store.submit_many(submissions)
+            return _check_refusals([await store.submit_one(submissions[0])], jobs, settings)
+        return _check_refusals(await store.submit_many(submissions), jobs, settings)
     submissions = [Submission(job, idem) for job, idem in jobs]
-    ids = await store.submit_many(submissions)
+    ids = _check_refusals(await store.submit_many(submissions), jobs, settings)
     fresh = [s for s, job_id in zip(submissions, ids, strict=True) if job_id == s.job.id]
     try:
         if fresh:

@@ -18,6 +18,8 @@ LOG_DIR = RESULTS_DIR / "logs"
 BENCH_KEY = "4242:bench-app-key"
 # Nothing listens here: scenarios without a worker never call upstream, but the settings want a URL.
 UNUSED_UPSTREAM = "http://127.0.0.1:9/openai-compatible/v1"
+# As ops/redis/redis.conf: room for the submission benchmark's backlog below the high-water mark.
+BENCH_MAXMEMORY = "2gb"
 
 
 def llmq_env(redis_url: str, upstream_url: str, concurrency: int, secret: str) -> dict[str, str]:
@@ -32,6 +34,10 @@ def llmq_env(redis_url: str, upstream_url: str, concurrency: int, secret: str) -
         "LLMQ_WORKER_CONCURRENCY": str(concurrency),
         "LLMQ_WORKER_METRICS_PORT": "0",  # other stacks on this machine may hold the default port
         "LLMQ_LOG_FORMAT": "json",
+        # The submission benchmark queues some 80,000 jobs of one app id with no worker to finish them: quotas
+        # would refuse most of them (tests/reliability/test_quotas.py tests those).
+        "LLMQ_APP_MAX_UNFINISHED": "10000000",
+        "LLMQ_UNKNOWN_APPS_MAX_UNFINISHED": "10000000",
     })
     return env
 
@@ -43,7 +49,7 @@ class BenchStack:
         self.name = name
         self.concurrency = concurrency
         self.log_dir = LOG_DIR / name
-        self.redis_server = RedisServer()
+        self.redis_server = RedisServer(maxmemory=BENCH_MAXMEMORY)
         self.processes: list[ManagedProcess] = []
         self.mock_url = UNUSED_UPSTREAM
         self.api_url = ""

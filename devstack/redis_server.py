@@ -16,6 +16,8 @@ from pathlib import Path
 import redis
 
 START_TIMEOUT_S = 15.0
+# As a production Redis has one: the high-water mark (LLMQ_REDIS_HIGH_WATER) and a full Redis behave here as there.
+MAXMEMORY = "512mb"
 
 
 def free_port() -> int:
@@ -36,11 +38,14 @@ def redis_binary() -> str:
 class RedisServer:
     """`with RedisServer() as server: server.url` — stops and cleans up on exit."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, port: int | None = None, data_dir: Path | None = None, appendonly: bool = True, maxmemory: str = MAXMEMORY
+    ) -> None:
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="llmq-redis-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.appendonly = appendonly
+        self.maxmemory = maxmemory
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +57,7 @@ class RedisServer:
         args = [
             redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--notify-keyspace-events", "",
+            "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction", "--notify-keyspace-events", "",
             "--hash-max-ziplist-value", "1024",  # as ops/redis/redis.conf: job records in the compact encoding
             "--logfile", str(self.data_dir / "redis.log"),
         ]

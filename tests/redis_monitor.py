@@ -13,10 +13,12 @@ STOP = "command-log-stop"
 class CommandLog:
     """`with CommandLog(url) as log: ...`, then `log.lines`: the commands clients sent to the URL's database.
 
-    Commands run inside Lua scripts are left out; so are `SELECT`s (every new connection's)."""
+    Commands run inside Lua scripts are left out unless `include_scripts`; so are `SELECT`s (every new
+    connection's)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, include_scripts: bool = False) -> None:
         self.url = url
+        self.include_scripts = include_scripts
         self.db = int(parse_url(url).get("db", 0))
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -28,7 +30,7 @@ class CommandLog:
             self._ready.set()
             while True:
                 entry = monitor.next_command()
-                if entry["db"] != self.db or entry["client_type"] == "lua":
+                if entry["db"] != self.db or (entry["client_type"] == "lua" and not self.include_scripts):
                     continue
                 if entry["command"] == f"ECHO {STOP}":
                     break

@@ -52,6 +52,8 @@ def test_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, s
         "LLMQ_WEBHOOK_SCHEDULE_S": "0,0.5,1,1,1,1,1",
         "LLMQ_WEBHOOK_TIMEOUT_S": "3",
         "LLMQ_CALLBACK_ALLOW": "localhost,127.0.0.0/8",
+        # Tests share one caller key and answer 401 for it on purpose; tests/reliability/test_quotas.py sets its own.
+        "LLMQ_REJECTED_KEY_BLOCK_S": "0",
     })
     env.update(overrides)
     return env

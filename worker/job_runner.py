@@ -21,6 +21,7 @@ from llmq.worker.proxy.client import UpstreamClient, client_for
 from llmq.worker.proxy.errors import UpstreamError
 from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
 from llmq.worker.proxy.in_flight import CallCancelled, InFlightCalls
+from llmq.worker.proxy.key_verdicts import KeyVerdicts
 from llmq.worker.proxy.retry_policy import RetryPolicy, next_delay
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.event_loop import wait
@@ -42,6 +43,7 @@ class Runtime:
     policy: RetryPolicy
     flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
     calls: InFlightCalls | None = None  # None: calls can be neither aborted nor have their leases renewed
+    verdicts: KeyVerdicts | None = None  # the proxy's 2xx and 401/403 per key, for the API's quotas
 
     @property
     def lease_s(self) -> float:
@@ -88,6 +90,7 @@ def runtime() -> Runtime:
         policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
         flow=flow_control_for(settings, client),
         calls=InFlightCalls(settings.redis_url, call_lease_s(settings)),
+        verdicts=KeyVerdicts(client, vault_for(settings.server_secret), settings.rejected_key_block_s),
     )
 
 
@@ -241,6 +244,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         return _cancelled_attempt(rt, job_id, claim, "the job was cancelled during this call; the call was aborted")
     except UpstreamError as err:
         _cool_down(rt, claim, err)
+        if err.status_code in (401, 403) and rt.verdicts is not None:
+            rt.verdicts.rejected(key)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
         metrics.UPSTREAM_LATENCY.labels(model_label, str(err.status_code or err.kind)).observe(time.time() - started)
         if delay is not None and claim.deadline is not None and time.time() + delay > claim.deadline:
@@ -264,6 +269,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         metrics.JOBS_FINISHED.labels("failed").inc()
         return Outcome(error=error, notify=bool(claim.callback_status))
 
+    if rt.verdicts is not None:
+        rt.verdicts.accepted(claim.app_id)
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(model_label, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)

@@ -30,6 +30,8 @@ DEADLINES_LOCK = f"{PREFIX}:deadlines:lock"
 
 LEASES_LOCK = f"{PREFIX}:leases:lock"
 """Held by the one worker taking back calls whose lease lapsed at a time."""
+READY_PROBE = f"{PREFIX}:readyz:probe"
+"""Written by /readyz: a full Redis refuses the write."""
 
 
 def job(job_id: str) -> str:
@@ -55,10 +57,28 @@ def idempotency(owner: str, idempotency_key: str) -> str:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,100}")
 
 
-def flow(kind: str, scope: str, name: str) -> str:
-    """Flow-control state shared by all workers: `kind` concurrency | rpm | cooldown, `scope` model | app.
+def name_part(name: str) -> str:
+    """Caller data (a model name, an app id) as part of a key: kept readable when it is plain, hashed otherwise."""
+    return name if _PLAIN_NAME.fullmatch(name) else "#" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
-    Model names are caller data: kept readable when they are plain, hashed otherwise.
-    """
-    part = name if _PLAIN_NAME.fullmatch(name) else "#" + hashlib.sha256(name.encode()).hexdigest()[:32]
-    return f"{PREFIX}:flow:{kind}:{scope}:{part}"
+
+def flow(kind: str, scope: str, name: str) -> str:
+    """Flow-control state shared by all workers: `kind` concurrency | rpm | cooldown, `scope` model | app."""
+    return f"{PREFIX}:flow:{kind}:{scope}:{name_part(name)}"
+
+
+KNOWN_APPS = f"{PREFIX}:apps:known"
+"""Set of app ids (as `name_part` writes them) whose key the proxy has accepted at least once."""
+
+UNKNOWN_APPS_UNFINISHED = f"{PREFIX}:quota:unknown"
+"""Sorted set of the unfinished jobs of app ids not known yet, scored by submission time: their shared quota."""
+
+
+def app_unfinished(app_id: str) -> str:
+    """Sorted set of one known app id's unfinished jobs, scored by submission time: its quota."""
+    return f"{PREFIX}:quota:app:{name_part(app_id)}"
+
+
+def rejected_key(fingerprint: str) -> str:
+    """Present (with a TTL) while a key the proxy answered 401/403 is refused; named by the key's fingerprint."""
+    return f"{PREFIX}:key:rejected:{fingerprint}"

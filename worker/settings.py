@@ -180,6 +180,20 @@ class Settings(BaseSettings):
     waiter_queue_s: float = Field(
         2.0, ge=0, description="How long a request waits for a place among them before it is answered 503."
     )
+    # Capacity: quotas per app id, keys the proxy rejected, and Redis's memory.
+    app_max_unfinished: int = Field(
+        100_000, ge=1, description="Unfinished jobs (batch lines included) one app id may have; above it, 429."
+    )
+    unknown_apps_max_unfinished: int = Field(
+        1_000, ge=1,
+        description="Unfinished jobs shared by every app id whose key the proxy has not yet accepted; above it, 429.",
+    )
+    rejected_key_block_s: int = Field(
+        600, ge=0, description="How long a key the proxy answered 401/403 is refused at submission (401); 0: never."
+    )
+    redis_high_water: float = Field(
+        0.9, gt=0, le=1, description="Fraction of Redis's maxmemory above which new jobs are refused (503)."
+    )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod

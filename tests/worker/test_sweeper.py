@@ -77,6 +77,16 @@ def test_a_job_that_never_moves_is_failed_with_a_clear_error(rt: Runtime) -> Non
     assert rt.redis.zscore(redis_keys.ACTIVE_JOBS, job_id) is None
 
 
+def test_a_job_the_sweeper_fails_leaves_its_app_quota(rt: Runtime) -> None:
+    """Every terminal change takes the job out of the quota set its record names (api.job_store)."""
+    quota = redis_keys.app_unfinished("a")
+    job_id = make_job(rt, "running", 2000, lease_until=repr(NOW - VISIBILITY - 1), requeues=str(MAX_REQUEUES),
+                      quota_set=quota)
+    rt.redis.zadd(quota, {job_id: NOW - 2000, "job_another": NOW})
+    assert sweep(rt, lambda *args: None, now=NOW).failed == [job_id]
+    assert rt.redis.zrange(quota, 0, -1) == ["job_another"]
+
+
 def test_republishing_counts_only_while_the_job_makes_no_attempt(rt: Runtime) -> None:
     overdue = repr(NOW - VISIBILITY - 1)
     job_id = make_job(rt, "retrying", 2000, next_attempt_at=overdue, attempt_count="2")

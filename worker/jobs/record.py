@@ -28,7 +28,8 @@ _FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_
 # Fields that never leave the store through the public view: internal ones, and the request, which is the
 # caller's own and not part of JobPublic (parsing it, up to megabytes, only to drop it slowed every read).
 _PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "attempt_count",
-                   "callback_secret_token", "callback_attempts", "callback_next_at", "request", "watched")
+                   "callback_secret_token", "callback_attempts", "callback_next_at", "request", "watched",
+                   "quota_set")
 
 
 def new_job_id() -> str:

@@ -24,31 +24,108 @@ from llmq.worker.redis_keys import CANCELS_CHANNEL, EVENTS_MAXLEN
 # `local terminal = {...}` for a script that asks whether a status is final.
 _TERMINAL_TABLE = "local terminal = {" + ", ".join(f"{status} = true" for status in sorted(TERMINAL)) + "}"
 
-# Any number of jobs in one call (one reply, one Lua call for a whole chunk of a batch).
-# KEYS: per job: job, idempotency ('' for none), broker queue ('' to publish separately); then active, deadlines
-# ARGV: ttl_s, then per job: pair_count, now, job_id, broker message, deadline ('' for none), field, value, ...
+# A whole batch, or a whole group of single POSTs (api.group_commit), in one call: all of its jobs are recorded or
+# none. The `#!lua` line declares the script's flags (none): Redis then refuses the whole call while it is over
+# maxmemory, before its first write, where a script without it would be stopped at its first write that needs
+# memory, after the ones that did not. Everything that can fail or refuse (the idempotency keys' reads, the
+# quotas, the keys the proxy rejected) is read before the first write; a script stopped midway is not undone.
+# Per caller (one owner and its app id): its rejected-key marker and its app's quota set; per job, its record.
+# KEYS: active, known apps, unknown apps' quota set, deadlines; per caller: rejected marker, app quota set;
+#       per job: job, idempotency ('' for none), broker queue ('' to publish separately)
+# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count; per caller: app name, flags ('k': the app id
+#       is known, no need to look; 'r': look for the rejected-key marker; the API skips what it looked at lately);
+#       per job: caller index, pair_count, now, job_id, broker message, deadline ('' for none), field, value, ...
 # No event is written here: a job's `queued` event is always told from its record (api.event_history).
-# Returns, per job, the id that answers for it (an earlier job's on an idempotent replay).
-SUBMIT = """
-local ttl, active, deadlines = ARGV[1], KEYS[#KEYS - 1], KEYS[#KEYS]
-local ids, a = {}, 2
-for k = 1, #KEYS - 2, 3 do
-  local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
-  local now, id, message, deadline = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local existing = KEYS[k + 1] ~= '' and redis.call('GET', KEYS[k + 1])
-  if existing then
-    ids[#ids + 1] = existing
-  else
-    redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
-    redis.call('EXPIRE', KEYS[k], ttl)
-    redis.call('ZADD', active, now, id)
-    if deadline ~= '' then redis.call('ZADD', deadlines, deadline, id) end
-    if KEYS[k + 1] ~= '' then redis.call('SET', KEYS[k + 1], id, 'EX', ttl) end
-    if KEYS[k + 2] ~= '' then redis.call('LPUSH', KEYS[k + 2], message) end
-    ids[#ids + 1] = id
+# Returns, per job, the id that answers for it (an earlier job's on an idempotent replay), or its caller's refusal:
+# '!rejected_key:<ms left>' | '!app_quota' | '!unknown_app_quota'; then one character per caller: 'k' if its app
+# id is known, '-' otherwise.
+SUBMIT = """#!lua
+local active, known, unknown, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ttl, stale_before = ARGV[1], ARGV[2]
+local app_limit, unknown_limit, callers = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local jobs, need, seen = {}, {}, {}
+local k, a = 5 + 2 * callers, 6 + 2 * callers
+while k <= #KEYS do
+  local job = {c = tonumber(ARGV[a]), key = KEYS[k], idem = KEYS[k + 1], queue = KEYS[k + 2],
+               now = ARGV[a + 2], id = ARGV[a + 3], message = ARGV[a + 4], deadline = ARGV[a + 5]}
+  job.first, job.last = a + 6, a + 5 + 2 * tonumber(ARGV[a + 1])
+  if job.idem ~= '' then
+    if seen[job.idem] then job.same_as = seen[job.idem] else job.existing = redis.call('GET', job.idem) end
+    seen[job.idem] = seen[job.idem] or #jobs + 1
   end
-  a = pairs_end + 1
+  if not job.existing and not job.same_as then need[job.c] = (need[job.c] or 0) + 1 end
+  jobs[#jobs + 1] = job
+  k, a = k + 3, job.last + 1
 end
+local refusal, quota_of, counts, known_apps = {}, {}, {}, {}
+for c = 1, callers do
+  if need[c] then
+    local flags = ARGV[5 + 2 * c]
+    local left = string.find(flags, 'r', 1, true) and redis.call('PTTL', KEYS[3 + 2 * c]) or -2
+    if left > 0 then
+      refusal[c] = '!rejected_key:' .. left
+    else
+      local set, limit, name = KEYS[4 + 2 * c], app_limit, '!app_quota'
+      if not string.find(flags, 'k', 1, true) and redis.call('SISMEMBER', known, ARGV[4 + 2 * c]) == 0 then
+        set, limit, name = unknown, unknown_limit, '!unknown_app_quota'
+      end
+      known_apps[c] = set ~= unknown and 'k' or '-'
+      counts[set] = counts[set] or redis.call('ZCARD', set)
+      if counts[set] + need[c] > limit then
+        -- Self-healing: entries older than a record's TTL belong to records gone without a last transition.
+        redis.call('ZREMRANGEBYSCORE', set, '-inf', '(' .. stale_before)
+        counts[set] = redis.call('ZCARD', set)
+      end
+      if counts[set] + need[c] > limit then
+        refusal[c] = name
+      else
+        counts[set] = counts[set] + need[c]
+        quota_of[c] = set
+      end
+    end
+  end
+end
+local function bulk(command, key, items)
+  for i = 1, #items, 1000 do  -- unpack's stack is bounded
+    redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+local ids, entries, by_set, by_queue, due = {}, {}, {}, {}, {}
+for i, job in ipairs(jobs) do
+  if job.existing then
+    ids[i] = job.existing
+  elseif job.same_as then
+    ids[i] = ids[job.same_as]
+  elseif refusal[job.c] then
+    ids[i] = refusal[job.c]
+  else
+    local set = quota_of[job.c]
+    redis.call('HSET', job.key, 'quota_set', set, unpack(ARGV, job.first, job.last))
+    redis.call('EXPIRE', job.key, ttl)
+    if job.idem ~= '' then redis.call('SET', job.idem, job.id, 'EX', ttl) end
+    entries[#entries + 1] = job.now
+    entries[#entries + 1] = job.id
+    if job.deadline ~= '' then
+      due[#due + 1] = job.deadline
+      due[#due + 1] = job.id
+    end
+    by_set[set] = by_set[set] or {}
+    table.insert(by_set[set], job.now)
+    table.insert(by_set[set], job.id)
+    if job.queue ~= '' then
+      by_queue[job.queue] = by_queue[job.queue] or {}
+      table.insert(by_queue[job.queue], job.message)
+    end
+    ids[i] = job.id
+  end
+end
+bulk('ZADD', active, entries)
+bulk('ZADD', deadlines, due)
+for set, items in pairs(by_set) do bulk('ZADD', set, items) end
+for queue, messages in pairs(by_queue) do bulk('LPUSH', queue, messages) end
+local told = {}
+for c = 1, callers do told[c] = known_apps[c] or '-' end
+ids[#ids + 1] = table.concat(told)
 return ids
 """
 
@@ -66,7 +143,7 @@ CLAIM = """
 TERMINAL_TABLE
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
-  'attempt_started_at', 'deadline')
+  'attempt_started_at', 'deadline', 'quota_set')
 local status = f[1]
 if not status then return {'missing'} end
 if terminal[status] then
@@ -100,6 +177,7 @@ if expired then
   redis.call('HDEL', KEYS[1], 'next_attempt_at')
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
+  if f[16] then redis.call('ZREM', f[16], ARGV[3]) end  -- its place in its app's quota (api.job_store)
   if followed then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
     redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -127,12 +205,14 @@ return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[
 # KEYS: job, events, active, deadlines
 # ARGV: to_status, allowed_from (',a,b,'), now, event_json, attempt_json ('' for none),
 #       terminal ('1'|'0'), job_id, ttl_s, field, value, ...
+# A finished job leaves the index of unfinished jobs and its quota set (named in its record by the submit script).
 # A followed job's event stream gets the record's TTL here: the stream is born with the watch, a claim or a
 # cancel, and every job ends with this script (the sweeper fails those that never move).
 # Cancelling a running job announces it on the cancel channel: the worker holding its call aborts it.
 # Returns {'ok', to_status} or {'refused', current_status} or {'missing'}
 TRANSITION = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at', 'watched', 'stream', 'deadline')
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'next_attempt_at', 'watched', 'stream', 'deadline',
+  'quota_set')
 local status = f[1]
 if not status then return {'missing'} end
 if not string.find(ARGV[2], ',' .. status .. ',', 1, true) then return {'refused', status} end
@@ -155,6 +235,7 @@ if ARGV[6] == '1' then
   if followed then redis.call('EXPIRE', KEYS[2], ARGV[8]) end
   redis.call('ZREM', KEYS[3], ARGV[7])
   if f[6] then redis.call('ZREM', KEYS[4], ARGV[7]) end
+  if f[7] then redis.call('ZREM', f[7], ARGV[7]) end  -- its place in its app's quota (api.job_store)
   if ARGV[1] == 'cancelled' and status == 'running' then redis.call('PUBLISH', 'CANCELS_CHANNEL', ARGV[7]) end
 else
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])

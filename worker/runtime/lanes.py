@@ -66,6 +66,12 @@ class Lanes:
         with self._lock:
             lane.held -= 1
 
+    def room(self, queues: Iterable[str]) -> int | None:
+        """Free slots of the fullest lane these queues belong to: the most messages one take may pop from them."""
+        wanted = set(queues)
+        rooms = [lane.limit - lane.held for lane in self.all if lane.queues & wanted]
+        return min(rooms) if rooms else None
+
     def open_queues(self, queues: Iterable[str]) -> list[str]:
         """`queues` without those of a full lane (a queue of no lane is always open)."""
         closed = {queue for lane in self.all if lane.full for queue in lane.queues}

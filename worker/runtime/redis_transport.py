@@ -27,25 +27,43 @@ A worker that dies in between leaves those messages in the set; like those of it
 flight, they come back after the visibility timeout, where the claim (`llmq.worker.jobs.scripts`)
 does nothing for a finished job and lets one delivery of a job run at a time.
 
-And a worker's BRPOP leaves out the queues of a lane whose slots are all taken
-(`llmq.worker.runtime.lanes`): slow webhook deliveries never take messages into slots that
-proxy calls need, nor the other way round.
+Kombu takes a message with `BRPOP` and records it with a second command. A full Redis (`maxmemory` under
+`noeviction`) still serves the `BRPOP` but refuses the `ZADD`: the message was in hand and nowhere else, and the
+error stopped the worker. Here a worker takes messages with one script, `TAKE`, that pops them and records them
+as unacknowledged together; it is declared (`#!lua`) so that a full Redis refuses the whole call before anything
+is popped. The consumer then waits `TAKE_BACKOFF_S` and asks again, the messages still in their queues. `TAKE`
+pops as many messages as the worker has free slots (up to `TAKE_MAX`) from the first queue that has any: one
+call for several jobs. Only a worker that found every queue empty blocks, with kombu's `BRPOP`; the message that
+wakes it is recorded at once, by a script allowed past `maxmemory` if Redis has filled meanwhile (only messages
+handed back are pushed onto a full Redis). Once messages come at once to `BRPOP` twice in a row (a queue is
+filling up), the next take is a `TAKE` again; while they come after a wait, the worker waits again with `BRPOP`: an
+idle worker taking one job at a time costs two commands a job that way, where a `TAKE` finding nothing in between
+would cost two more. A crash in the instant between a `BRPOP` and its record leaves that message to the sweeper,
+as every delivery could with kombu's transport.
+
+And a worker's takes leave out the queues of a lane whose slots are all taken, and pop no more than the
+fullest lane among those queues has room for (`llmq.worker.runtime.lanes`): slow webhook deliveries never take
+messages into slots that proxy calls need, nor the other way round.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from time import time
+from queue import Empty
+from time import monotonic, time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from llmq.worker.runtime.held_connection import HeldConnections
 from llmq.worker.runtime.hub_flush import HubFlush
@@ -68,6 +86,52 @@ return 1
 """
 
 
+# KEYS: the unacked set, then the queues in the order they are read. ARGV: now, most messages to take, then the
+# JSON name of each queue's messages' queue. Returns {queue key, {message, ...}}, or nil when every queue is empty.
+# Each member is `[message, "", queue]`, which `_restore_member` reads as kombu's [payload, exchange, routing key].
+TAKE = """#!lua
+local args = {#KEYS - 1}
+for i = 2, #KEYS do args[i] = KEYS[i] end
+args[#args + 1], args[#args + 2], args[#args + 3] = 'RIGHT', 'COUNT', ARGV[2]
+local taken = redis.call('LMPOP', unpack(args))
+if not taken then return false end
+local name
+for i = 2, #KEYS do
+  if KEYS[i] == taken[1] then name = ARGV[i + 1] end
+end
+local entries = {}
+for _, message in ipairs(taken[2]) do
+  entries[#entries + 1] = ARGV[1]
+  entries[#entries + 1] = '[' .. message .. ',"",' .. name .. ']'
+end
+redis.call('ZADD', KEYS[1], unpack(entries))
+return taken
+"""
+TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
+
+# A message a blocked BRPOP handed over must be recorded whatever the memory: it is in hand and nowhere else.
+# KEYS: the unacked set. ARGV: now, member.
+RECORD = """#!lua flags=allow-oom
+return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# Messages one TAKE pops at most (never more than the worker has free slots for).
+TAKE_MAX = 10
+# How long a consumer waits before taking again after Redis refused a TAKE (a full Redis, most likely).
+TAKE_BACKOFF_S = 1.0
+# A BRPOP answered sooner than this found a message already waiting; after QUICK_WAKES such answers in a row, the
+# next ones are taken with TAKE.
+WAITED_S = 0.005
+QUICK_WAKES = 2
+# A refusal is logged at most this often while it lasts.
+REFUSAL_LOG_EVERY_S = 30.0
+
+
+def unacked_member(message: str, queue: str) -> str:
+    """The unacked set's member for a message TAKE recorded, exactly as the script builds it."""
+    return f'[{message},"",{json.dumps(queue)}]'
+
+
 class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -77,14 +141,22 @@ class QoS(kombu_redis.QoS):
         self._acked: list[str] = []
         self._acked_lock = threading.Lock()
         self._ack_flush = HubFlush(self.flush_acks, ACK_BATCH_S)
+        # Members the channel recorded as it took their messages (TAKE), by delivery tag, until `append`.
+        self._recorded: dict[str, str] = {}
 
     def _channel_gone(self) -> bool:
         return self.channel.connection is None or self.channel.closed
 
+    def recorded(self, delivery_tag: str, member: str) -> None:
+        """The channel took this message and recorded it already: `append` has nothing to write."""
+        self._recorded[delivery_tag] = member
+
     def append(self, message, delivery_tag):  # type: ignore[no-untyped-def]
-        delivery = message.delivery_info
-        member = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        self.channel.held().execute("ZADD", self.unacked_index_key, time(), member)
+        member = self._recorded.pop(delivery_tag, None)
+        if member is None:
+            delivery = message.delivery_info
+            member = json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+            self.channel.held().execute("ZADD", self.unacked_index_key, time(), member)
         self._members[delivery_tag] = member
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -164,6 +236,8 @@ class QoS(kombu_redis.QoS):
                         self._restore_member(client, bytes_to_str(member), leftmost=False)
             except kombu_redis.MutexHeld:
                 pass
+            except redis.ResponseError as err:  # a full Redis refuses the lock: the next pass tries again
+                log.warning("restore pass skipped: %s", type(err).__name__)
 
     def _restore_member(self, client: Any, member: str, leftmost: bool) -> None:
         try:
@@ -196,11 +270,133 @@ class Channel(kombu_redis.Channel):
     unacked_index_key = UNACKED_KEY
     _shared_client: Any = None
     _held: HeldConnections | None = None
+    # What the consuming connection was sent: 'take' (TAKE), 'wait' (BRPOP for TAKE's mode) or None (kombu's own).
+    _sent: str | None = None
+    _take_next = True  # False after a TAKE found nothing: block with BRPOP until a message comes
+    _quick_wakes = 0  # BRPOPs in a row that found a message already waiting
+    _paused_until = 0.0
+    _refusal_logged_at = -REFUSAL_LOG_EVERY_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Queues consumed without acknowledgements (Celery's control replies): their messages are never recorded.
+        self._no_ack_queues: set[str] = set()
         super().__init__(*args, **kwargs)
         # With every lane full, kombu sends no BRPOP at all until a slot frees (it asks again each loop turn).
-        self._queue_cycle = LaneCycle(self._queue_cycle, worker_lanes())
+        self._lanes = worker_lanes()
+        self._queue_cycle = LaneCycle(self._queue_cycle, self._lanes)
+
+    def basic_consume(self, queue, no_ack, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _brpop_start(self, timeout=None):  # type: ignore[no-untyped-def]
+        if self.global_keyprefix or self._no_ack_queues.intersection(self.active_queues):
+            self._sent = None
+            return super()._brpop_start(timeout)
+        if monotonic() < self._paused_until:
+            return None  # Redis refused the last TAKE; a hub timer brings the loop back here (`_refused`)
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return None
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        if self._take_next:
+            self._sent = "take"
+            names = [json.dumps(queue) for _ in self.priority_steps for queue in queues]
+            # No more than the prefetch allows, nor than the fullest lane of these queues has slots for.
+            free = self.qos.can_consume_max_estimate()  # None: no prefetch limit
+            room = self._lanes.room(queues)
+            count = max(1, min(TAKE_MAX, *(n for n in (free, room) if n is not None)))
+            self.client.connection.send_command(
+                "EVALSHA", TAKE_SHA, 1 + len(keys), self.unacked_index_key, *keys, time(), count, *names
+            )
+        else:
+            self._sent = "wait"
+            self.client.connection.send_command("BRPOP", *keys, self.brpop_timeout if timeout is None else timeout)
+        return None
+
+    def _brpop_read(self, **options):  # type: ignore[no-untyped-def]
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                reply = self.client.parse_response(
+                    self.client.connection, "EVALSHA" if sent == "take" else "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except redis.ResponseError as err:  # refused before anything was popped
+                self._refused(err)
+                raise Empty() from None
+            if sent == "take":
+                return self._deliver_taken(reply)
+            return self._deliver_woken(reply)
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _queue_of(self, key: bytes | str) -> str:
+        queue = bytes_to_str(key).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        return queue
+
+    def _deliver_taken(self, reply: Any) -> bool:
+        if not reply:
+            self._take_next = False
+            raise Empty()
+        key, messages = reply
+        queue = self._queue_of(key)
+        try:
+            for item in messages:
+                message = bytes_to_str(item)
+                payload = loads(message)
+                self.qos.recorded(payload["properties"]["delivery_tag"], unacked_member(message, queue))
+                self.connection._deliver(payload, queue)
+        finally:
+            self.qos._recorded.clear()  # any left were never delivered: they come back after the visibility timeout
+        return True
+
+    def _deliver_woken(self, reply: Any) -> bool:
+        if not reply:
+            raise Empty()  # BRPOP's timeout: wait again
+        key, item = reply
+        queue = self._queue_of(key)
+        message = bytes_to_str(item)
+        payload = loads(message)
+        member = unacked_member(message, queue)
+        recorded_past_limit = False
+        try:
+            self.held().execute("ZADD", self.unacked_index_key, time(), member)
+        except redis.exceptions.OutOfMemoryError:
+            self.held().execute("EVAL", RECORD, 1, self.unacked_index_key, time(), member)
+            recorded_past_limit = True
+        self.qos.recorded(payload["properties"]["delivery_tag"], member)
+        quick = monotonic() - (self._brpop_sent_at or 0.0) < WAITED_S
+        self._quick_wakes = self._quick_wakes + 1 if quick else 0
+        self._take_next = recorded_past_limit or self._quick_wakes >= QUICK_WAKES
+        if self._take_next:
+            self._quick_wakes = 0
+        self.connection._deliver(payload, queue)
+        return True
+
+    def _refused(self, err: redis.ResponseError) -> None:
+        """Redis refused a TAKE: load it if Redis lost it, else wait a moment (the loop is woken to try again)."""
+        if isinstance(err, redis.exceptions.NoScriptError):
+            self.client.script_load(TAKE)  # on the consuming connection, idle now; taken again at once
+            return
+        now = monotonic()
+        self._paused_until = now + TAKE_BACKOFF_S
+        if now - self._refusal_logged_at >= REFUSAL_LOG_EVERY_S:
+            self._refusal_logged_at = now
+            what = "Redis is full" if isinstance(err, redis.exceptions.OutOfMemoryError) else "Redis refused"
+            log.warning("%s (%s: %s): taking no messages for %gs at a time; they wait in their queues",
+                        what, type(err).__name__, err, TAKE_BACKOFF_S)
+        hub = self.connection.hub
+        if hub is not None:
+            hub.call_later(TAKE_BACKOFF_S, _wake)
 
     def _shared(self) -> Any:
         shared = self._shared_client
@@ -233,6 +429,10 @@ class Channel(kombu_redis.Channel):
 
     def _restore(self, message, leftmost=False):  # type: ignore[no-untyped-def]
         self.qos.restore_by_tag(message.delivery_tag, leftmost=leftmost)
+
+
+def _wake() -> None:
+    """A timer's only job: a turn of the hub's loop, whose tick starts the next take."""
 
 
 class Transport(kombu_redis.Transport):

@@ -3,6 +3,7 @@ restores safely."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ from kombu.message import Message
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from llmq.worker.celery_app import REDIS_TRANSPORT, celery_config
-from llmq.worker.runtime.redis_transport import UNACKED_KEY
+from llmq.worker.runtime.redis_transport import TAKE, UNACKED_KEY
 from llmq.worker.settings import load_settings
+from tests.redis_memory import filled
 from tests.redis_monitor import CommandLog
 
 DB = 15
@@ -35,7 +37,9 @@ def db_url(redis_server: RedisServer) -> Iterator[str]:
 
 
 def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: str) -> None:
+    """One TAKE pops the message and records it as unacknowledged; one ZREM acknowledges it."""
     raw = redis.Redis.from_url(db_url, decode_responses=True)
+    raw.script_load(TAKE)  # as after a worker's first take
     with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
         queue.put({"n": 1})
         with CommandLog(db_url) as delivery:
@@ -46,7 +50,7 @@ def test_a_delivery_and_its_ack_cost_one_command_each_and_leave_nothing(db_url: 
         assert len(members) == 1 and message.delivery_tag in members[0]
         with CommandLog(db_url) as log:
             message.ack()
-    assert delivery.commands == ["BRPOP", "ZADD"]
+    assert delivery.commands == ["EVALSHA"]
     assert log.commands == ["ZREM"]
     assert raw.zcard(UNACKED_KEY) == 0
     assert not raw.exists("unacked", "unacked_index")  # kombu's own two structures are not used
@@ -121,8 +125,9 @@ def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: 
                 CommandLog(db_url) as log:
             conn.drain_events(timeout=5)
     assert received == [{"n": 3}]
-    brpop = next(line for line in log.lines if line.upper().startswith("BRPOP"))
-    assert brpop.replace('"', "").split()[1:-1] == list(redis_keys.QUEUES_IN_ORDER)
+    take = next(line for line in log.lines if line.upper().startswith("EVALSHA")).replace('"', "").split()
+    queues = len(redis_keys.QUEUES_IN_ORDER)
+    assert take[2:4 + queues] == [str(1 + queues), UNACKED_KEY, *redis_keys.QUEUES_IN_ORDER]
 
 
 def test_an_overdue_message_goes_back_to_its_queue_once(db_url: str) -> None:
@@ -154,9 +159,9 @@ def test_a_rejected_message_is_requeued_behind_the_waiting_ones(db_url: str) -> 
     with Connection(db_url, transport=REDIS_TRANSPORT) as conn, conn.SimpleQueue("transport-test") as queue:
         queue.put({"n": "first"})
         queue.put({"n": "second"})
-        first = queue.get(timeout=5)
+        first = queue.get(timeout=5)  # one TAKE took both: the second waits in the consumer's buffer
         first.requeue()
-        assert raw.zcard(UNACKED_KEY) == 0
+        assert not any(first.delivery_tag in member for member in raw.zrange(UNACKED_KEY, 0, -1))
         second = queue.get(timeout=5)
         assert second.payload == {"n": "second"}
         second.ack()
@@ -178,3 +183,59 @@ def test_an_unreadable_entry_is_dropped_by_the_restore_pass(db_url: str) -> None
     assert raw.zcard(UNACKED_KEY) == 0
     assert raw.llen("transport-test") == 0
     raw.close()
+
+
+def test_a_full_redis_refuses_the_take_and_the_message_stays_in_its_queue(caplog: pytest.LogCaptureFixture) -> None:
+    """The worker's crash on a full Redis: a message popped, then its record refused. Now nothing is popped."""
+    with RedisServer(appendonly=False) as server, Connection(server.url, transport=REDIS_TRANSPORT) as conn, \
+            conn.SimpleQueue("transport-test") as queue:
+        raw = redis.Redis.from_url(server.url, decode_responses=True)
+        queue.put({"n": 1})
+        with filled(raw), caplog.at_level("WARNING", logger="llmq.broker"):
+            with pytest.raises(queue.Empty):
+                queue.get(timeout=2)
+            assert raw.llen("transport-test") == 1 and raw.zcard(UNACKED_KEY) == 0
+        assert "Redis is full (OutOfMemoryError" in caplog.text
+        message = queue.get(timeout=5)  # once Redis has room, after the pause
+        assert message.payload == {"n": 1} and raw.zcard(UNACKED_KEY) == 1
+        message.ack()
+        assert raw.zcard(UNACKED_KEY) == 0
+        raw.close()
+
+
+def test_a_message_that_wakes_a_waiting_worker_is_recorded_even_on_a_full_redis() -> None:
+    """Only a worker whose queues were empty blocks in BRPOP; what wakes it is recorded whatever the memory."""
+    with RedisServer(appendonly=False) as server, Connection(server.url, transport=REDIS_TRANSPORT) as conn, \
+            conn.SimpleQueue("transport-test") as queue:
+        raw = redis.Redis.from_url(server.url, decode_responses=True)
+        before = raw.config_get("maxmemory")["maxmemory"]
+        queue.put({"n": 0})
+        queue.get(timeout=5).ack()
+        pusher = Connection(server.url, transport=REDIS_TRANSPORT)
+
+        def push_then_fill() -> None:
+            time.sleep(1.5)  # the consumer's TAKE found nothing: it waits in BRPOP
+            with pusher.SimpleQueue("transport-test") as other:
+                message = other.channel.prepare_message(json.dumps({"n": 1}), content_type="application/json")
+                other.channel._inplace_augment_message(message, "", "transport-test")
+            # The message arrives and Redis is full before the waiting worker gets to record it.
+            with raw.pipeline(transaction=True) as pipe:
+                pipe.lpush("transport-test", json.dumps(message))
+                pipe.config_set("maxmemory", 1)
+                pipe.execute()
+
+        with CommandLog(server.url) as log:
+            thread = threading.Thread(target=push_then_fill)
+            thread.start()
+            try:
+                message = queue.get(timeout=10)
+            finally:
+                thread.join(5)
+                raw.config_set("maxmemory", before)
+        pusher.release()
+        assert message.payload == {"n": 1}
+        assert "BRPOP" in log.commands and "EVAL" in log.commands  # the ZADD refused, the allow-oom script not
+        assert [member for member in raw.zrange(UNACKED_KEY, 0, -1) if message.delivery_tag in member]
+        message.ack()
+        assert raw.zcard(UNACKED_KEY) == 0
+        raw.close()
