@@ -10,8 +10,11 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
   `_lookup`, `_get_message_priority` and `_q_for_pri`. Copies `redis.QoS.restore_visible` (with the
   `restore_visible(num=..., interval=...)` call of kombu's cycle), `redis.QoS.restore_unacked` and
   `Channel._do_restore_message`. Needs kombu 5.7's `unacked_restore_interval` and `unacked_restore_throttle`
-  transport options. Retired by a kombu Redis transport that survives a closed channel and records a delivery
-  in one command.
+  transport options. Takes messages with its own `TAKE` script (pop and record in one step, refused whole by a
+  full Redis): overrides `Channel._brpop_start`, `Channel._brpop_read` and `Channel.basic_consume`, and reads
+  `_queue_cycle`, `_in_poll`, `_brpop_sent_at`, `_flush_brpop_reauth`, `connection._deliver`,
+  `client.parse_response`, `global_keyprefix`, `brpop_timeout` and `QoS.can_consume_max_estimate`. Retired by a
+  kombu Redis transport that survives a closed channel and a full Redis, and records a delivery in one command.
 - `hub_flush`: relies on kombu 5.7's `Hub.call_soon` waking the hub from another thread (kombu 5.6 and
   earlier only queue the callback until the poller's next turn). Nothing to retire: it is the public call.
 - `consumer`: Celery's consumer with batched task events. Overrides `Consumer.on_send_event_buffered` (the

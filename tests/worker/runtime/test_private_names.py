@@ -129,6 +129,20 @@ CASES: list[tuple[str, str, Callable[[Kombu], bool]]] = [
     ("kombu's cycle calls QoS.restore_visible(num=..., interval=...)", f"{RUNTIME}.redis_transport",
      lambda k: "restore_visible(num=channel.unacked_restore_limit,interval=channel.unacked_restore_throttle,"
      in "".join(source(kombu_redis.MultiChannelPoller.on_poll_init).split())),
+    # kombu, for redis_transport's TAKE: it replaces how a channel sends and reads its BRPOP
+    ("kombu redis.Channel._brpop_start(timeout): queues from _queue_cycle.consume, _in_poll, _brpop_sent_at",
+     f"{RUNTIME}.redis_transport",
+     lambda k: params(kombu_redis.Channel._brpop_start) == ["self", "timeout"]
+     and all(text in source(kombu_redis.Channel._brpop_start) for text in (
+         "self._queue_cycle.consume(len(self.active_queues))", "self._in_poll = self.client.connection",
+         "self._brpop_sent_at = monotonic()", "self.global_keyprefix"))),
+    ("kombu redis.Channel._brpop_read: parse_response, _queue_cycle.rotate, connection._deliver, "
+     "_flush_brpop_reauth", f"{RUNTIME}.redis_transport",
+     lambda k: all(text in source(kombu_redis.Channel._brpop_read) for text in (
+         "self.client.parse_response(", "self._queue_cycle.rotate(dest)", "self.connection._deliver(",
+         "self._in_poll = None", "self._flush_brpop_reauth()"))),
+    ("kombu virtual.QoS.can_consume_max_estimate()", f"{RUNTIME}.redis_transport",
+     lambda k: params(virtual.QoS.can_consume_max_estimate) == ["self"]),
     # Copies: each digest is of the kombu 5.7.0 original llmq's version was written against.
     ("kombu redis.QoS.restore_visible (copied as QoS.restore_visible)", f"{RUNTIME}.redis_transport",
      lambda k: digest(kombu_redis.QoS.restore_visible) == "d4a4a40a3eaf9f23"),
