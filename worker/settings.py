@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
+    # The OpenAI-compatible route (POST /v1/chat/completions): how long a call waits for its job.
+    openai_wait_s: float = Field(
+        600, gt=0, description="Wait for a call that states no timeout (x-stainless-read-timeout, Prefer: wait)."
+    )
+    openai_max_wait_s: float = Field(3600, gt=0, description="Longest wait a call may ask for.")
+
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:
