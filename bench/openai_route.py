@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -113,6 +114,9 @@ def concurrent(direct_url: str, llmq_url: str, n: int, concurrency: int, latency
 
 def report(out: dict[str, Any]) -> None:
     seq, ttfc, conc = out["one_at_a_time"], out["first_chunk"], out["concurrent"]
+    before, after = out["load_average_before"], out["load_average_after"]
+    print(f"{out['cpus']} CPUs; load average (1, 5, 15 min) before {before[0]:.1f} {before[1]:.1f} {before[2]:.1f}, "
+          f"after {after[0]:.1f} {after[1]:.1f} {after[2]:.1f}")
     rows = [
         ("one at a time, 0 ms mock", seq, "added_p50_ms", TARGETS["added_p50_ms_one_at_a_time"]),
         ("time to first chunk (SDK)", ttfc, "added_p50_ms", TARGETS["added_ttfc_p50_ms"]),
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--latency-ms", type=int, default=500, help="mock latency of the concurrent run")
     args = parser.parse_args(argv)
-    out: dict[str, Any] = {}
+    # The machine is shared: its load before and after tells how much the figures may have suffered.
+    out: dict[str, Any] = {"load_average_before": os.getloadavg(), "cpus": os.cpu_count()}
     with BenchStack("openai-route", args.concurrency) as stack:
         direct_url = stack.start_mock(0)
         llmq_url = f"{stack.start_api()}/v1"
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{args.concurrency} at once: {args.concurrent_calls} calls each side, {args.latency_ms} ms mock")
         out["concurrent"] = concurrent(direct_url, llmq_url, args.concurrent_calls, args.concurrency,
                                        args.latency_ms)
+    out["load_average_after"] = os.getloadavg()
     report(out)
     print(json.dumps(out, indent=1))
     return 0

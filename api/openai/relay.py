@@ -65,8 +65,15 @@ class Opening:
     done: bool = False  # the frames already end the stream
 
 
-def _latest_attempt(events: list[Event]) -> int:
-    return max((int(e.get("attempt") or 0) for _, e in events if e.get("type") == "state"), default=0)
+def _attempt(event: dict[str, Any]) -> int:
+    return int(event.get("attempt") or 0)
+
+
+def _live_chunks(events: list[Event]) -> list[dict[str, Any]]:
+    """The chunks of one read that belong to an attempt the same read does not already show failed."""
+    latest = max((_attempt(e) for _, e in events), default=0)  # a later attempt's state or chunk supersedes
+    failed = {_attempt(e) for _, e in events if e.get("type") == "state" and e.get("status") == "retrying"}
+    return [e for _, e in events if e.get("type") == "chunk" and _attempt(e) >= latest and _attempt(e) not in failed]
 
 
 async def wait_for_opening(store: AsyncJobStore, job_id: str, timeout_s: float) -> Opening:
@@ -85,19 +92,17 @@ async def wait_for_opening(store: AsyncJobStore, job_id: str, timeout_s: float) 
                 opening.finished = fields
                 return opening
             # Succeeded within one read: the chunks of its last attempt, or the answer as one chunk.
-            last = max((int(e.get("attempt") or 0) for _, e in events if e.get("type") == "chunk"), default=0)
-            chunks = [e["data"] for _, e in events if e.get("type") == "chunk" and e.get("attempt") == last]
-            if not chunks or last < _latest_attempt(events):
+            chunks = [e["data"] for e in _live_chunks(events)]
+            if not chunks:
                 chunks = [completion_as_chunk(fields.get("result", "{}"))]
             opening.frames = [*(data_frame(c) for c in chunks), DONE_FRAME]
             opening.done = True
             return opening
-        # Chunks of an attempt that this same read shows already failed were never seen: skip them.
-        latest = _latest_attempt(events)
-        chunks = [e for _, e in events if e.get("type") == "chunk" and int(e.get("attempt") or 0) >= latest]
-        if chunks:
-            opening.attempt = int(chunks[0].get("attempt") or 0)
-            opening.frames = [data_frame(e["data"]) for e in chunks if e.get("attempt") == opening.attempt]
+        # Chunks of an attempt that this same read shows already failed never reach the caller.
+        live = _live_chunks(events)
+        if live:
+            opening.attempt = _attempt(live[0])
+            opening.frames = [data_frame(e["data"]) for e in live if _attempt(e) == opening.attempt]
             return opening
     return opening
 
@@ -129,7 +134,7 @@ async def relay(
             for event_id, event in events:
                 last_id = event_id
                 kind = event.get("type")
-                attempt = int(event.get("attempt") or 0)
+                attempt = _attempt(event)
                 if kind == "chunk" and attempt == opening.attempt:
                     yield data_frame(event["data"])
                 elif kind == "state" and event.get("status") in TERMINAL:

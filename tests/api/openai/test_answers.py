@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llmq.api.openai.answers import finished_answer, still_running
-from llmq.api.openai.relay import completion_as_chunk, data_frame, error_frame
+from llmq.api.openai.relay import _live_chunks, completion_as_chunk, data_frame, error_frame
 from llmq.worker.jobs.record import dumps
 
 JOB_ID = "job_" + "a" * 22
@@ -98,3 +98,22 @@ def test_an_answer_in_one_piece_becomes_one_chunk() -> None:
     chunk = json.loads(completion_as_chunk(json.dumps(completion)))
     assert chunk["object"] == "chat.completion.chunk" and chunk["usage"] == {"total_tokens": 3}
     assert chunk["choices"] == [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]
+
+
+def state(status: str, attempt: int) -> dict[str, Any]:
+    return {"type": "state", "status": status, "attempt": attempt}
+
+
+def chunk(attempt: int, data: str) -> dict[str, Any]:
+    return {"type": "chunk", "attempt": attempt, "data": data}
+
+
+@pytest.mark.parametrize(("events", "live"), [
+    ([state("running", 1), chunk(1, "a"), chunk(1, "b")], ["a", "b"]),
+    ([chunk(1, "a"), state("retrying", 1)], []),  # the attempt failed within the same read: never sent
+    ([chunk(1, "a"), state("retrying", 1), state("running", 2), chunk(2, "x")], ["x"]),
+    ([chunk(1, "a"), state("running", 2)], []),  # a lost worker's attempt, taken over by attempt 2
+    ([chunk(2, "x"), chunk(1, "late")], ["x"]),  # a slow previous holder's chunk after the new attempt's
+])
+def test_an_opening_read_keeps_only_chunks_of_a_live_attempt(events: list[dict[str, Any]], live: list[str]) -> None:
+    assert [e["data"] for e in _live_chunks([(str(i), e) for i, e in enumerate(events)])] == live
