@@ -23,8 +23,8 @@ import httpx2
 from openai import AsyncOpenAI
 
 from llmq.bench import loadgen
-from llmq.bench.jobs import chat_request
-from llmq.bench.measure import percentile
+from llmq.bench.jobs import chat_request, read_times
+from llmq.bench.measure import cpu_seconds, percentile
 from llmq.bench.stack import BENCH_KEY, BenchStack
 
 HEADERS = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
@@ -40,21 +40,34 @@ def set_mock_latency(mock_url: str, latency_ms: int) -> None:
     httpx2.post(f"{root}/_mock/config", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
 
 
-def sequential(direct_url: str, llmq_url: str, n: int) -> dict[str, Any]:
-    """Alternating calls, one at a time, so both sides see the same moment of a shared machine."""
+def sequential(stack: BenchStack, direct_url: str, llmq_url: str, n: int) -> dict[str, Any]:
+    """Alternating calls, one at a time, so both sides see the same moment of a shared machine; then where an
+    llmq call's time went, from its job's record."""
     body = json.dumps(chat_request(0)).encode()
     times: dict[str, list[float]] = {"direct": [], "llmq": []}
+    calls: list[tuple[str, float, float]] = []  # job id, sent, answered (wall clock, as the records)
     with httpx2.Client(headers=HEADERS, timeout=30) as client:
         for i in range(n + 20):
             for side, url in (("direct", direct_url), ("llmq", llmq_url)):
-                started = time.perf_counter()
+                sent, started = time.time(), time.perf_counter()
                 response = client.post(f"{url}/chat/completions", content=body)
                 elapsed = time.perf_counter() - started
                 if response.status_code != 200:
                     raise RuntimeError(f"{side} answered {response.status_code}: {response.text[:300]}")
                 if i >= 20:  # the first calls warm connections and caches
                     times[side].append(elapsed)
-    return summarize(times)
+                    if side == "llmq":
+                        calls.append((response.headers["x-request-id"], sent, sent + elapsed))
+    assert stack.redis is not None
+    records = read_times(stack.redis, [job_id for job_id, _, _ in calls])
+    stages = {
+        "submitted_ms": [r.created - sent for r, (_, sent, _) in zip(records, calls, strict=True)],
+        "queued_ms": [r.started - r.created for r in records],
+        "proxy_call_ms": [r.call_end - r.started for r in records],
+        "answered_ms": [answered - r.call_end for r, (_, _, answered) in zip(records, calls, strict=True)],
+    }
+    breakdown = {name: percentile(values, 50) * 1000 for name, values in stages.items()}
+    return {**summarize(times), "llmq_p50_breakdown": breakdown}
 
 
 async def _ttfc(direct_url: str, llmq_url: str, n: int) -> dict[str, list[float]]:
@@ -91,12 +104,18 @@ def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
-def concurrent(direct_url: str, llmq_url: str, n: int, concurrency: int, latency_ms: int) -> dict[str, Any]:
+def concurrent(
+    stack: BenchStack, direct_url: str, llmq_url: str, n: int, concurrency: int, latency_ms: int
+) -> dict[str, Any]:
     spec = {"client": "raw", "method": "POST", "headers": HEADERS, "body": json.dumps(chat_request(0)), "n": n,
             "concurrency": concurrency, "ok_status": [200]}
     timeout_s = 120 + 5 * n * latency_ms / 1000 / concurrency
-    results = {side: loadgen.run({**spec, "url": f"{url}/chat/completions"}, timeout_s)
-               for side, url in (("direct", direct_url), ("llmq", llmq_url))}
+    assert stack.api is not None and stack.worker is not None
+    results = {"direct": loadgen.run({**spec, "url": f"{direct_url}/chat/completions"}, timeout_s)}
+    worker_cpu_s = cpu_seconds(stack.worker.pid)
+    results["llmq"] = loadgen.run({**spec, "url": f"{llmq_url}/chat/completions", "server_pid": stack.api.pid},
+                                  timeout_s)
+    worker_cpu_s = cpu_seconds(stack.worker.pid) - worker_cpu_s
     for side, result in results.items():
         if result["ok"] != n:
             raise RuntimeError(f"{side}: {n - result['ok']} calls failed: {result['statuses']} {result['errors']}")
@@ -109,6 +128,8 @@ def concurrent(direct_url: str, llmq_url: str, n: int, concurrency: int, latency
         "added_p50_ms": llmq["latency_p50_ms"] - direct["latency_p50_ms"],
         "added_p99_ms": llmq["latency_p99_ms"] - direct["latency_p99_ms"],
         "loadgen_cpu_util": {side: results[side]["cpu_util"] for side in results},
+        "api_cpu_ms_per_call": results["llmq"]["server_cpu_s"] / n * 1000,
+        "worker_cpu_ms_per_call": worker_cpu_s / n * 1000,
     }
 
 
@@ -128,6 +149,10 @@ def report(out: dict[str, Any]) -> None:
               f"{row['added_p99_ms']:8.2f}ms  ≤ {target:g} ms p50: {verdict}")
     print(f"{conc['concurrency']} at once, {conc['mock_latency_ms']} ms mock{'':9} {conc['direct_p50_ms']:9.2f}ms "
           f"{conc['llmq_p50_ms']:7.2f}ms {conc['added_p50_ms']:8.2f}ms {conc['added_p99_ms']:8.2f}ms")
+    stages = ", ".join(f"{name.removesuffix('_ms')} {value:.2f}" for name, value in seq["llmq_p50_breakdown"].items())
+    print(f"one at a time, llmq p50 by stage (ms): {stages}")
+    print(f"CPU per call at {conc['concurrency']} at once: API {conc['api_cpu_ms_per_call']:.2f} ms, "
+          f"worker {conc['worker_cpu_ms_per_call']:.2f} ms")
     verdict = "met" if conc["throughput_ratio"] >= TARGETS["throughput_ratio"] else "MISSED"
     print(f"throughput, {conc['calls']} calls: direct {conc['direct_calls_per_s']:.1f}/s, llmq "
           f"{conc['llmq_calls_per_s']:.1f}/s, ratio {conc['throughput_ratio']:.3f} "
@@ -149,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         llmq_url = f"{stack.start_api()}/v1"
         stack.start_worker()
         say(f"one at a time: {args.calls} calls each side")
-        out["one_at_a_time"] = sequential(direct_url, llmq_url, args.calls)
+        out["one_at_a_time"] = sequential(stack, direct_url, llmq_url, args.calls)
         say(f"time to first chunk: {args.stream_calls} streamed calls each side")
         out["first_chunk"] = time_to_first_chunk(direct_url, llmq_url, args.stream_calls)
         set_mock_latency(direct_url, args.latency_ms)
         say(f"{args.concurrency} at once: {args.concurrent_calls} calls each side, {args.latency_ms} ms mock")
-        out["concurrent"] = concurrent(direct_url, llmq_url, args.concurrent_calls, args.concurrency,
+        out["concurrent"] = concurrent(stack, direct_url, llmq_url, args.concurrent_calls, args.concurrency,
                                        args.latency_ms)
     out["load_average_after"] = os.getloadavg()
     report(out)

@@ -272,6 +272,32 @@ def test_error_shapes_stay_apart(stack: Stack) -> None:
     assert "param" not in jobs_shape["error"] and jobs_shape["error"]["type"] == "invalid_request"
 
 
+@pytest.mark.parametrize(("content", "headers", "status", "mentions"), [
+    (b"{not json", {}, 400, "not valid JSON"),
+    (b'{"model": "m", "messages": "hi"}', {}, 400, "messages"),
+    (b'{"model": "", "messages": [{"role": "user", "content": "hi"}]}', {}, 400, "model"),
+    (b'{"model": "m", "messages": [{"role": "robot", "content": "hi"}]}', {}, 400, "role"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', {"llmq-max-attempts": "99"}, 400,
+     "at most"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', {"llmq-max-attempts": "two"}, 400,
+     "llmq-max-attempts"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', {"Prefer": "wait=soon"}, 400, "wait"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+     {"llmq-callback-url": "http://169.254.169.254/latest"}, 400, "callback_url"),
+])
+def test_bad_input_is_a_400_that_says_why(
+    stack: Stack, content: bytes, headers: dict[str, str], status: int, mentions: str
+) -> None:
+    with stack.client() as client:
+        response = client.post("/v1/chat/completions", content=content,
+                               headers={"Content-Type": "application/json", **headers})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert mentions in error["message"]
+    assert "x-request-id" not in response.headers  # refused before any job existed
+
+
 def test_respond_async_answers_202_with_the_job(stack: Stack, model: str) -> None:
     body = {"model": model, "messages": GUIDE_MESSAGES}
     with stack.client() as client:
