@@ -24,6 +24,9 @@ from fastapi import Response
 from llmq.api.openai.errors import OpenAIError
 from llmq.worker.jobs.record import parse_json_lines
 
+# What the answers read of a finished job's record.
+ANSWER_FIELDS = ("id", "status", "result", "error", "error_body", "attempts")
+
 
 def job_headers(job_id: str) -> dict[str, str]:
     return {"x-request-id": job_id, "x-should-retry": "false"}

@@ -20,7 +20,7 @@ from typing import Any
 import redis.exceptions
 
 from llmq.api.job_store import AsyncJobStore
-from llmq.api.openai.answers import failure
+from llmq.api.openai.answers import ANSWER_FIELDS, failure
 from llmq.api.openai.waiting import STREAM_START, Event, job_events
 from llmq.worker.jobs.record import TERMINAL
 
@@ -87,7 +87,7 @@ async def wait_for_opening(store: AsyncJobStore, job_id: str, timeout_s: float) 
         opening.last_id = events[-1][0]
         terminal = next((e for _, e in events if e.get("type") == "state" and e.get("status") in TERMINAL), None)
         if terminal is not None:
-            fields = await store.fields(job_id)
+            fields = await store.some_fields(job_id, ANSWER_FIELDS)
             if terminal.get("status") != "succeeded":
                 opening.finished = fields
                 return opening
@@ -142,7 +142,7 @@ async def relay(
                     if event.get("status") == "succeeded":
                         yield DONE_FRAME
                     else:
-                        error = failure(await store.fields(job_id))
+                        error = failure(await store.some_fields(job_id, ANSWER_FIELDS))
                         yield error_frame(error.message, error.code or "failed")
                     return
                 elif attempt > opening.attempt or (kind == "state" and event.get("status") == "retrying"):

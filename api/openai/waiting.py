@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from llmq.api.job_store import AsyncJobStore
+from llmq.api.openai.answers import ANSWER_FIELDS
 from llmq.worker.jobs.record import is_terminal_event
 
 T = TypeVar("T")
@@ -37,7 +38,7 @@ async def wait_finished(store: AsyncJobStore, job_id: str, timeout_s: float) -> 
         if events:
             last_id = events[-1][0]
             if any(is_terminal_event(event) for _, event in events):
-                return await store.fields(job_id)
+                return await store.some_fields(job_id, ANSWER_FIELDS)
     return None
 
 

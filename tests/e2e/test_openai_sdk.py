@@ -320,6 +320,18 @@ def test_a_caller_that_leaves_cancels_its_job(stack: Stack, mock_proxy: MockProx
     eventually(lambda: stack.redis.hget(record, "status") == "cancelled", 10, "the left job to be cancelled")
 
 
+def test_a_caller_that_leaves_mid_stream_cancels_its_job(stack: Stack, mock_proxy: MockProxy, model: str) -> None:
+    mock_proxy.script(model, {"kind": "stream_cut", "chunks": 2, "seconds": 5})  # two chunks, then a stall
+    body = {"model": model, "messages": GUIDE_MESSAGES, "stream": True}
+    with stack.client() as client, client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        job_id = response.headers["x-request-id"]
+        first = next(line for line in response.iter_lines() if line)
+        assert first.startswith("data: {")
+    # The connection is closed here, with the proxy's stream still open.
+    eventually(lambda: job_of(stack, job_id)["status"] == "cancelled", 10, "the left stream's job to be cancelled")
+
+
 def test_redis_down_is_a_503(mock_proxy: MockProxy, tmp_path: Path, sdk: SdkFactory) -> None:
     dead = Stack(f"redis://127.0.0.1:{free_port()}/0", mock_proxy.url, tmp_path,
                  LLMQ_REDIS_SOCKET_TIMEOUT_S="1")
