@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from llmq.api.deps import CallerDep, SettingsDep, StoreDep, VaultDep
+from llmq.api.deps import CallerDep
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.openai.answers import finished_answer, job_headers, still_running
 from llmq.api.openai.errors import OpenAIErrorResponse
@@ -30,7 +29,8 @@ from llmq.api.submission import build_job, check_callback, check_limits, record_
 from llmq.worker.jobs.record import NewJob
 from llmq.worker.jobs.view import new_job_json_bytes
 from llmq.worker.observability import metrics
-from llmq.worker.settings import Environment
+from llmq.worker.secrets.key_vault import KeyVault
+from llmq.worker.settings import Environment, Settings
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
@@ -42,31 +42,27 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class LlmqOptions:
-    """llmq's own options for one call, from `llmq-*` headers (the body belongs to the proxy)."""
-
-    priority: Literal["high", "normal", "low"]
-    max_attempts: int | None
-    callback_url: str | None
-    callback_secret: str | None
-
-
-async def llmq_options(
-    llmq_priority: Annotated[
-        Literal["high", "normal", "low"], Header(description="Queue of the call's job (default high).")
-    ] = "high",
-    llmq_max_attempts: Annotated[
-        int | None, Header(ge=1, description="Attempts at most, first included (default from config).")
-    ] = None,
-    llmq_callback_url: Annotated[
-        str | None, Header(max_length=2048, description="Also POST the finished job here, signed, as for /v1/jobs.")
-    ] = None,
-    llmq_callback_secret: Annotated[
-        str | None, Header(max_length=256, description="The callback's signing secret, 'whsec_<base64>'.")
-    ] = None,
-) -> LlmqOptions:
-    return LlmqOptions(llmq_priority, llmq_max_attempts, llmq_callback_url, llmq_callback_secret)
+# llmq's own options for a call come in `llmq-*` headers: the body belongs to the proxy.
+PriorityHeader = Annotated[
+    Literal["high", "normal", "low"], Header(description="Queue of the call's job (default high).")
+]
+MaxAttemptsHeader = Annotated[
+    int | None, Header(ge=1, description="Attempts at most, first included (default from config).")
+]
+CallbackUrlHeader = Annotated[
+    str | None, Header(max_length=2048, description="Also POST the finished job here, signed, as for /v1/jobs.")
+]
+CallbackSecretHeader = Annotated[
+    str | None, Header(max_length=256, description="The callback's signing secret, 'whsec_<base64>'.")
+]
+PreferHeader = Annotated[
+    list[str] | None,
+    Header(description="RFC 7240: `respond-async` answers 202 with the job at once; `wait=N` waits at most N "
+                       "seconds for the answer."),
+]
+ReadTimeoutHeader = Annotated[
+    str | None, Header(description="The OpenAI SDK's read timeout (seconds): the call waits a little less.")
+]
 
 
 # Cancels started when a stream ends early: held here so the loop does not lose them.
@@ -85,27 +81,25 @@ def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-de
         request: Request,
         body: ChatRequest,
         caller: CallerDep,
-        settings: SettingsDep,
-        store: StoreDep,
-        vault: VaultDep,
-        options: Annotated[LlmqOptions, Depends(llmq_options)],
-        prefer: Annotated[
-            list[str] | None,
-            Header(description="RFC 7240: `respond-async` answers 202 with the job at once; `wait=N` waits at "
-                               "most N seconds for the answer."),
-        ] = None,
-        x_stainless_read_timeout: Annotated[
-            str | None, Header(description="The OpenAI SDK's read timeout (seconds): the call waits a little less.")
-        ] = None,
+        llmq_priority: PriorityHeader = "high",
+        llmq_max_attempts: MaxAttemptsHeader = None,
+        llmq_callback_url: CallbackUrlHeader = None,
+        llmq_callback_secret: CallbackSecretHeader = None,
+        prefer: PreferHeader = None,
+        x_stainless_read_timeout: ReadTimeoutHeader = None,
     ) -> Response:
         """OpenAI's chat completions through llmq: the proxy's answer, with llmq's retries, or a typed error."""
+        # Read straight from the app's state, as `deps.caller_of` does: each dependency costs FastAPI ~20 µs.
+        settings: Settings = request.app.state.settings
+        store: AsyncJobStore = request.app.state.store
+        vault: KeyVault = request.app.state.vault
         preferences = parse_prefer(prefer)
         wait_s = wait_bound_s(preferences, read_timeout_s(x_stainless_read_timeout), settings)
         # A detached job has nobody waiting on it, so no deadline of the call's.
         deadline = None if preferences.respond_async else datetime.now(UTC) + timedelta(seconds=wait_s)
         job_body = JobCreate(
-            request=body, priority=options.priority, max_attempts=options.max_attempts, environment=environment,
-            callback_url=options.callback_url, callback_secret=options.callback_secret, deadline=deadline,
+            request=body, priority=llmq_priority, max_attempts=llmq_max_attempts, environment=environment,
+            callback_url=llmq_callback_url, callback_secret=llmq_callback_secret, deadline=deadline,
         )
         check_limits(job_body, settings)
         await check_callback(job_body, settings)
