@@ -12,13 +12,14 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import redis.exceptions
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from llmq.api.deps import CallerDep
 from llmq.api.job_store import AsyncJobStore
 from llmq.api.openai.answers import finished_answer, job_headers, still_running
-from llmq.api.openai.errors import OpenAIErrorResponse
+from llmq.api.openai.errors import OpenAIError, OpenAIErrorResponse
 from llmq.api.openai.options import parse_prefer, read_timeout_s, wait_bound_s
 from llmq.api.openai.relay import relay, wait_for_opening
 from llmq.api.openai.route import BASE_PATHS, OpenAIRoute
@@ -116,6 +117,13 @@ def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-de
         except Disconnected:
             await cancel_unfinished(store, job.id, job.callback is not None)
             return Response(status_code=CLIENT_CLOSED)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
+            # The job exists and may still run: the SDK must not send the call again and make a second one.
+            log.warning("lost sight of a job while waiting: %s", type(err).__name__, extra={"job_id": job.id})
+            return OpenAIError(
+                503, f"Job storage (Redis) became unreachable while waiting for job {job.id}; it may still finish: "
+                     f"read it with GET /v1/jobs/{job.id}.", code="unavailable", headers=job_headers(job.id),
+            ).response()
         if fields is None:
             return still_running(job.id, wait_s).response()
         return finished_answer(fields)
