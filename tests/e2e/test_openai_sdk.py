@@ -198,6 +198,29 @@ def test_final_5xx_is_a_502_naming_the_proxys_status(
     assert len(mock_proxy.calls(model)) == 2
 
 
+def test_final_429_is_a_rate_limit_error_not_retried_by_the_sdk(
+    stack: Stack, mock_proxy: MockProxy, model: str, sdk: SdkFactory
+) -> None:
+    mock_proxy.script(model, *[{"kind": "status", "status": 429, "headers": {"Retry-After": "1"}}] * 2)
+    client = sdk(stack, default_headers={"llmq-max-attempts": "2"})  # the SDK's own retries left on
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=model, messages=GUIDE_MESSAGES)
+    assert caught.value.status_code == 429 and caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.request_id is not None
+    first, last = job_of(stack, caught.value.request_id)["attempts"]
+    assert first["retry_in_s"] == 1  # llmq honoured the proxy's Retry-After between its own attempts
+    assert (first["outcome"], last["outcome"]) == ("http_429", "http_429")
+    assert len(mock_proxy.calls(model)) == 2
+
+
+def test_final_proxy_timeout_is_a_504(stack: Stack, mock_proxy: MockProxy, model: str, sdk: SdkFactory) -> None:
+    mock_proxy.script(model, {"kind": "hang", "seconds": 10})  # longer than the stack's 6 s read timeout
+    client = sdk(stack, max_retries=0, default_headers={"llmq-max-attempts": "1"})
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=model, messages=GUIDE_MESSAGES)
+    assert caught.value.status_code == 504 and caught.value.code == "upstream_timeout"
+
+
 def test_wait_bound_answers_504_and_the_job_goes_on(
     stack: Stack, mock_proxy: MockProxy, model: str, sdk: SdkFactory
 ) -> None:
