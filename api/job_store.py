@@ -154,6 +154,11 @@ class AsyncJobStore:
     async def fields(self, job_id: str) -> dict[str, str]:
         return cast(dict[str, str], await self.redis.hgetall(redis_keys.job(job_id)))
 
+    async def some_fields(self, job_id: str, names: tuple[str, ...]) -> dict[str, str]:
+        """Only the named fields of the record (those it has): the request, up to megabytes, stays in Redis."""
+        values = cast(list[str | None], await self.redis.hmget(redis_keys.job(job_id), list(names)))
+        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
     async def cancel(self, job_id: str) -> tuple[bool, str]:
         now = time.time()
         call = job_scripts.transition_call(job_id, "cancelled", UNFINISHED, now, state_event("cancelled", now),

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from llmq.worker.jobs.record import job_error
+from llmq.worker.jobs.record import ERROR_BODY_MAX_CHARS, job_error
 from llmq.worker.jobs.store import Claim, JobStore
 from llmq.worker.observability import metrics
 from llmq.worker.proxy.client import UpstreamClient, client_for
@@ -231,7 +231,11 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     model_label = rt.settings.metric_labels.model(claim.model)
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():
-            if claim.stream:
+            if claim.relay and claim.stream:
+                call = rt.upstream.stream(
+                    base_url, key, body, on_chunk=lambda chunks: rt.store.append_chunks(job_id, claim.attempt, chunks),
+                )
+            elif claim.stream:
                 call = rt.upstream.stream(
                     base_url, key, body,
                     on_delta=lambda deltas: publish_deltas(rt, job_id, claim, deltas),
@@ -264,7 +268,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             metrics.RETRIES.labels(record["outcome"]).inc()
             return Outcome(retry_in_s=delay)
         error = err.to_dict()
-        if not rt.store.finish(job_id, "failed", record, error=error):
+        error_body = err.body_text(ERROR_BODY_MAX_CHARS) if claim.relay else None
+        if not rt.store.finish(job_id, "failed", record, error=error, error_body=error_body):
             return _cancelled_attempt(rt, job_id, claim, f"the call failed after the job was cancelled: {err.message}")
         metrics.JOBS_FINISHED.labels("failed").inc()
         return Outcome(error=error, notify=bool(claim.callback_status))

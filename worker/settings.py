@@ -194,6 +194,11 @@ class Settings(BaseSettings):
     redis_high_water: float = Field(
         0.9, gt=0, le=1, description="Fraction of Redis's maxmemory above which new jobs are refused (503)."
     )
+    # The OpenAI-compatible route (POST /v1/chat/completions): how long a call waits for its job.
+    openai_wait_s: float = Field(
+        600, gt=0, description="Wait for a call that states no timeout (x-stainless-read-timeout, Prefer: wait)."
+    )
+    openai_max_wait_s: float = Field(3600, gt=0, description="Longest wait a call may ask for.")
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod

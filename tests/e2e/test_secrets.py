@@ -39,6 +39,12 @@ def test_no_secret_anywhere_after_a_full_run(
             submit(client, chat(model + "-fail"))["id"],
             submit(client, chat(model + "-stream", stream=True))["id"],
         }
+        # Calls of the OpenAI-compatible route, plain, streamed and failed, are jobs too.
+        mock_proxy.script(model + "-openai-fail", {"kind": "status", "status": 400})
+        for suffix, stream in (("-openai", False), ("-openai", True), ("-openai-fail", False)):
+            answer = client.post("/v1/chat/completions", json=chat(model + suffix, stream=stream))
+            assert answer.status_code in (200, 400), answer.text
+            ids.add(answer.headers["x-request-id"])
         for job_id in ids:
             wait_finished(client, job_id)
             wait_until(client, job_id, lambda job: job.get("callback_status") in (None, "delivered"))

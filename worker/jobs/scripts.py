@@ -132,7 +132,7 @@ return ids
 # KEYS: job, events, active, deadlines
 # ARGV: now, lease_until, job_id, expired_event_json, expired_error_json, ttl_s
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream,
-#         deadline}
+#         deadline, relay}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
 #      or {'expired', callback_status}: the job's deadline had passed, and the job now ends `expired`, uncalled
 #      or {'expiring', deadline}: it has, but ARGV[4] was '': call again with the expiry's event and error
@@ -143,7 +143,7 @@ CLAIM = """
 TERMINAL_TABLE
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
-  'attempt_started_at', 'deadline', 'quota_set')
+  'attempt_started_at', 'deadline', 'quota_set', 'relay')
 local status = f[1]
 if not status then return {'missing'} end
 if terminal[status] then
@@ -199,7 +199,8 @@ if followed then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
     '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 end
-return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[13] or '', f[15] or ''}
+return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[13] or '', f[15] or '',
+  f[17] or ''}
 """
 
 # KEYS: job, events, active, deadlines

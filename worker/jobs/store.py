@@ -33,6 +33,7 @@ class Claim:
     detail: str = ""
     started_at: float = 0.0  # the claim's time: the attempt's start, as the record and its events tell it
     deadline: float | None = None  # epoch seconds; no attempt starts after it
+    relay: bool = False  # a caller waits for the proxy's own chunks and answer (see NewJob.relay)
 
 
 # Claim arguments for a job that turns out not to be past its deadline (nearly all of them).
@@ -72,9 +73,8 @@ class JobStore:
             return Claim(state=state, callback_status=reply[1])
         if state != "claimed":
             return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
-        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream, deadline = (
-            reply
-        )
+        (_, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream, deadline,
+         relay) = reply
         return Claim(
             state="claimed",
             attempt=int(attempt),
@@ -88,6 +88,7 @@ class JobStore:
             app_id=app_id,
             started_at=now,
             deadline=float(deadline) if deadline else None,
+            relay=relay == "1",
         )
 
     def _expired_args(self, now: float, deadline: float) -> list[str | int]:
@@ -130,6 +131,7 @@ class JobStore:
         *,
         result_json: str | None = None,
         error: dict[str, Any] | None = None,
+        error_body: str | None = None,
         allowed_from: tuple[str, ...] = ("running",),
     ) -> bool:
         now = time.time()
@@ -138,6 +140,8 @@ class JobStore:
             fields["result"] = result_json
         if error is not None:
             fields["error"] = dumps(error)
+        if error_body is not None:
+            fields["error_body"] = error_body
         event = state_event(status, now, **({"error": error} if error else {}))
         done, _ = self.transition(job_id, status, allowed_from, event, attempt=attempt, now=now, **fields)
         return done
@@ -172,6 +176,13 @@ class JobStore:
             pipe.xadd(redis_keys.job_events(job_id), {"e": dumps(payload)}, maxlen=redis_keys.EVENTS_MAXLEN,
                       approximate=True)
         pipe.execute()
+
+    def append_chunks(self, job_id: str, attempt: int, payloads: list[str]) -> None:
+        """A relayed stream's chunks, each the proxy's `data:` payload as sent, for the caller waiting on them."""
+        name = redis_keys.job_events(job_id)
+        for data in payloads:  # usually one: a chunk is published as soon as its line is read
+            event = dumps({"type": "chunk", "attempt": attempt, "data": data})
+            self._held.execute("XADD", name, "MAXLEN", "~", redis_keys.EVENTS_MAXLEN, "*", "e", event)
 
     def claim_delivery(self, job_id: str, now: float, lease_s: float) -> tuple[str, str]:
         """('claimed', attempts made so far) | ('not_due', next_at) | ('none', callback status)."""

@@ -1,0 +1,191 @@
+"""`python -m llmq.bench.openai_route`: what `POST /v1/chat/completions` through llmq adds over calling the
+mock proxy directly, measured in one run on one stack (private Redis, mock, API, one worker).
+
+1. Latency added, one call at a time: the same calls alternately to the mock and to llmq (mock at 0 ms).
+2. Time to the first streamed chunk added, one call at a time, with the official SDK's async client.
+3. 200 calls at once against a 500 ms mock, each side in its own load-generator process: latency added
+   (p50, p99) and throughput, llmq over direct.
+
+Figures are ratios and differences within this run; the machine is shared, so absolute numbers move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import httpx2
+from openai import AsyncOpenAI
+
+from llmq.bench import loadgen
+from llmq.bench.jobs import chat_request, read_times
+from llmq.bench.measure import cpu_seconds, percentile
+from llmq.bench.stack import BENCH_KEY, BenchStack
+
+HEADERS = {"Authorization": f"Bearer {BENCH_KEY}", "Content-Type": "application/json"}
+TARGETS = {"added_p50_ms_one_at_a_time": 5.0, "added_ttfc_p50_ms": 10.0, "throughput_ratio": 0.8}
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def set_mock_latency(mock_url: str, latency_ms: int) -> None:
+    root = mock_url.split("/openai-compatible")[0]
+    httpx2.post(f"{root}/_mock/config", json={"latency_ms": latency_ms}, timeout=10).raise_for_status()
+
+
+def sequential(stack: BenchStack, direct_url: str, llmq_url: str, n: int) -> dict[str, Any]:
+    """Alternating calls, one at a time, so both sides see the same moment of a shared machine; then where an
+    llmq call's time went, from its job's record."""
+    body = json.dumps(chat_request(0)).encode()
+    times: dict[str, list[float]] = {"direct": [], "llmq": []}
+    calls: list[tuple[str, float, float]] = []  # job id, sent, answered (wall clock, as the records)
+    with httpx2.Client(headers=HEADERS, timeout=30) as client:
+        for i in range(n + 20):
+            for side, url in (("direct", direct_url), ("llmq", llmq_url)):
+                sent, started = time.time(), time.perf_counter()
+                response = client.post(f"{url}/chat/completions", content=body)
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"{side} answered {response.status_code}: {response.text[:300]}")
+                if i >= 20:  # the first calls warm connections and caches
+                    times[side].append(elapsed)
+                    if side == "llmq":
+                        calls.append((response.headers["x-request-id"], sent, sent + elapsed))
+    assert stack.redis is not None
+    records = read_times(stack.redis, [job_id for job_id, _, _ in calls])
+    stages = {
+        "submitted_ms": [r.created - sent for r, (_, sent, _) in zip(records, calls, strict=True)],
+        "queued_ms": [r.started - r.created for r in records],
+        "proxy_call_ms": [r.call_end - r.started for r in records],
+        "answered_ms": [answered - r.call_end for r, (_, _, answered) in zip(records, calls, strict=True)],
+    }
+    breakdown = {name: percentile(values, 50) * 1000 for name, values in stages.items()}
+    return {**summarize(times), "llmq_p50_breakdown": breakdown}
+
+
+async def _ttfc(direct_url: str, llmq_url: str, n: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"direct": [], "llmq": []}
+    clients = {side: AsyncOpenAI(api_key=BENCH_KEY, base_url=url, max_retries=0)
+               for side, url in (("direct", direct_url), ("llmq", llmq_url))}
+    try:
+        for i in range(n + 10):
+            for side, client in clients.items():
+                started = time.perf_counter()
+                stream = await client.chat.completions.create(
+                    model="bench-model", messages=[{"role": "user", "content": f"stream {i} please"}], stream=True)
+                first: float | None = None
+                async for _ in stream:
+                    if first is None:
+                        first = time.perf_counter() - started
+                if i >= 10 and first is not None:
+                    times[side].append(first)
+    finally:
+        for client in clients.values():
+            await client.close()
+    return times
+
+
+def time_to_first_chunk(direct_url: str, llmq_url: str, n: int) -> dict[str, Any]:
+    return summarize(asyncio.run(_ttfc(direct_url, llmq_url, n)))
+
+
+def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"calls": len(times["llmq"])}
+    for q in (50, 99):
+        direct, llmq = percentile(times["direct"], q) * 1000, percentile(times["llmq"], q) * 1000
+        out[f"direct_p{q}_ms"], out[f"llmq_p{q}_ms"], out[f"added_p{q}_ms"] = direct, llmq, llmq - direct
+    return out
+
+
+def concurrent(
+    stack: BenchStack, direct_url: str, llmq_url: str, n: int, concurrency: int, latency_ms: int
+) -> dict[str, Any]:
+    spec = {"client": "raw", "method": "POST", "headers": HEADERS, "body": json.dumps(chat_request(0)), "n": n,
+            "concurrency": concurrency, "ok_status": [200]}
+    timeout_s = 120 + 5 * n * latency_ms / 1000 / concurrency
+    assert stack.api is not None and stack.worker is not None
+    results = {"direct": loadgen.run({**spec, "url": f"{direct_url}/chat/completions"}, timeout_s)}
+    worker_cpu_s = cpu_seconds(stack.worker.pid)
+    results["llmq"] = loadgen.run({**spec, "url": f"{llmq_url}/chat/completions", "server_pid": stack.api.pid},
+                                  timeout_s)
+    worker_cpu_s = cpu_seconds(stack.worker.pid) - worker_cpu_s
+    for side, result in results.items():
+        if result["ok"] != n:
+            raise RuntimeError(f"{side}: {n - result['ok']} calls failed: {result['statuses']} {result['errors']}")
+    direct, llmq = results["direct"], results["llmq"]
+    return {
+        "calls": n, "concurrency": concurrency, "mock_latency_ms": latency_ms,
+        "direct_calls_per_s": direct["rate"], "llmq_calls_per_s": llmq["rate"],
+        "throughput_ratio": llmq["rate"] / direct["rate"],
+        **{f"{side}_p{q}_ms": results[side][f"latency_p{q}_ms"] for side in results for q in (50, 99)},
+        "added_p50_ms": llmq["latency_p50_ms"] - direct["latency_p50_ms"],
+        "added_p99_ms": llmq["latency_p99_ms"] - direct["latency_p99_ms"],
+        "loadgen_cpu_util": {side: results[side]["cpu_util"] for side in results},
+        "api_cpu_ms_per_call": results["llmq"]["server_cpu_s"] / n * 1000,
+        "worker_cpu_ms_per_call": worker_cpu_s / n * 1000,
+    }
+
+
+def report(out: dict[str, Any]) -> None:
+    seq, ttfc, conc = out["one_at_a_time"], out["first_chunk"], out["concurrent"]
+    before, after = out["load_average_before"], out["load_average_after"]
+    print(f"{out['cpus']} CPUs; load average (1, 5, 15 min) before {before[0]:.1f} {before[1]:.1f} {before[2]:.1f}, "
+          f"after {after[0]:.1f} {after[1]:.1f} {after[2]:.1f}")
+    rows = [
+        ("one at a time, 0 ms mock", seq, "added_p50_ms", TARGETS["added_p50_ms_one_at_a_time"]),
+        ("time to first chunk (SDK)", ttfc, "added_p50_ms", TARGETS["added_ttfc_p50_ms"]),
+    ]
+    print(f"{'':34} {'direct p50':>11} {'llmq p50':>9} {'added p50':>10} {'added p99':>10}  target")
+    for name, row, key, target in rows:
+        verdict = "met" if row[key] <= target else "MISSED"
+        print(f"{name:34} {row['direct_p50_ms']:9.2f}ms {row['llmq_p50_ms']:7.2f}ms {row['added_p50_ms']:8.2f}ms "
+              f"{row['added_p99_ms']:8.2f}ms  ≤ {target:g} ms p50: {verdict}")
+    print(f"{conc['concurrency']} at once, {conc['mock_latency_ms']} ms mock{'':9} {conc['direct_p50_ms']:9.2f}ms "
+          f"{conc['llmq_p50_ms']:7.2f}ms {conc['added_p50_ms']:8.2f}ms {conc['added_p99_ms']:8.2f}ms")
+    stages = ", ".join(f"{name.removesuffix('_ms')} {value:.2f}" for name, value in seq["llmq_p50_breakdown"].items())
+    print(f"one at a time, llmq p50 by stage (ms): {stages}")
+    print(f"CPU per call at {conc['concurrency']} at once: API {conc['api_cpu_ms_per_call']:.2f} ms, "
+          f"worker {conc['worker_cpu_ms_per_call']:.2f} ms")
+    verdict = "met" if conc["throughput_ratio"] >= TARGETS["throughput_ratio"] else "MISSED"
+    print(f"throughput, {conc['calls']} calls: direct {conc['direct_calls_per_s']:.1f}/s, llmq "
+          f"{conc['llmq_calls_per_s']:.1f}/s, ratio {conc['throughput_ratio']:.3f} "
+          f"(≥ {TARGETS['throughput_ratio']:g}: {verdict})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmq.bench.openai_route", description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300, help="calls one at a time, per side (default 300)")
+    parser.add_argument("--stream-calls", type=int, default=200, help="streamed calls per side (default 200)")
+    parser.add_argument("--concurrent-calls", type=int, default=4000, help="calls at 200 at once (default 4000)")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--latency-ms", type=int, default=500, help="mock latency of the concurrent run")
+    args = parser.parse_args(argv)
+    # The machine is shared: its load before and after tells how much the figures may have suffered.
+    out: dict[str, Any] = {"load_average_before": os.getloadavg(), "cpus": os.cpu_count()}
+    with BenchStack("openai-route", args.concurrency) as stack:
+        direct_url = stack.start_mock(0)
+        llmq_url = f"{stack.start_api()}/v1"
+        stack.start_worker()
+        say(f"one at a time: {args.calls} calls each side")
+        out["one_at_a_time"] = sequential(stack, direct_url, llmq_url, args.calls)
+        say(f"time to first chunk: {args.stream_calls} streamed calls each side")
+        out["first_chunk"] = time_to_first_chunk(direct_url, llmq_url, args.stream_calls)
+        set_mock_latency(direct_url, args.latency_ms)
+        say(f"{args.concurrency} at once: {args.concurrent_calls} calls each side, {args.latency_ms} ms mock")
+        out["concurrent"] = concurrent(stack, direct_url, llmq_url, args.concurrent_calls, args.concurrency,
+                                       args.latency_ms)
+    out["load_average_after"] = os.getloadavg()
+    report(out)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
