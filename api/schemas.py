@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from llmq.worker.jobs.view import AttemptPublic, DeliveryPublic, JobError, JobPublic
 
@@ -50,6 +50,9 @@ class JobCreate(BaseModel):
     )
     callback_secret: str | None = Field(
         None, description="Per-job signing secret, 'whsec_<base64>'; the service secret is used otherwise."
+    )
+    deadline: AwareDatetime | None = Field(
+        None, description="RFC 3339 time with offset; a job not started by then ends `expired` and is never called."
     )
 
 

@@ -78,7 +78,8 @@ async def check_callback(body: JobCreate, settings: Settings) -> None:
 
 
 def build_job(
-    body: JobCreate, caller: Caller, settings: Settings, vault: KeyVault, key_token: str | None = None
+    body: JobCreate, caller: Caller, settings: Settings, vault: KeyVault, key_token: str | None = None,
+    relay: bool = False,
 ) -> NewJob:
     return NewJob(
         id=new_job_id(),
@@ -96,6 +97,7 @@ def build_job(
         metadata=body.metadata,
         callback={"url": body.callback_url} if body.callback_url else None,
         callback_secret_token=vault.encrypt(body.callback_secret) if body.callback_secret else None,
+        relay=relay,
     )
 
 

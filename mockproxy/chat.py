@@ -101,7 +101,7 @@ async def _serve(request: web.Request, state: MockState, chat: ChatRequest, outc
     if kind == "garbage":
         return _garbage(state, step)
     if kind == "stream_cut":
-        return await _cut(request, state, chat)
+        return await _cut(request, state, chat, step)
     raise AssertionError(f"unhandled outcome {kind!r}")
 
 
@@ -113,7 +113,8 @@ async def _answer(request: web.Request, state: MockState, chat: ChatRequest) -> 
     return await _send_events(request, state, events)
 
 
-async def _send_events(request: web.Request, state: MockState, events: list[bytes]) -> web.StreamResponse:
+async def _send_events(request: web.Request, state: MockState, events: list[bytes],
+                       cut_after_s: float = 0.0) -> web.StreamResponse:
     chunk_delay_ms = state.config.faults.chunk_delay_ms
     response = web.StreamResponse(headers=_SSE_HEADERS)
     await response.prepare(request)
@@ -126,16 +127,21 @@ async def _send_events(request: web.Request, state: MockState, events: list[byte
                 if index:
                     await state.sleeper.sleep(chunk_delay_ms / 1000.0)
                 await response.write(event)
+        if cut_after_s > 0:  # a stream that stalls before it breaks: its chunks are surely read first
+            await response.drain()
+            await state.sleeper.sleep(cut_after_s)
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away mid-stream; nothing left to do
     return response
 
 
-async def _cut(request: web.Request, state: MockState, chat: ChatRequest) -> web.StreamResponse:
+async def _cut(request: web.Request, state: MockState, chat: ChatRequest, step: Step | None) -> web.StreamResponse:
     answer = build_answer(chat)
     if chat.stream:
-        return await _send_events(request, state, cut_stream_events(answer))
+        events = cut_stream_events(answer, step.chunks if step is not None else None)
+        pause_s = step.seconds if step is not None and step.seconds is not None else 0.0
+        return await _send_events(request, state, events, cut_after_s=pause_s)
     # A plain request cannot be cut between events, so its body is cut short instead.
     body = json.dumps(completion_body(answer)).encode()
     response = web.StreamResponse(headers={"Content-Type": "application/json"})

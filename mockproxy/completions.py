@@ -209,7 +209,7 @@ def stream_events(answer: Answer, *, include_usage: bool) -> list[bytes]:
     return events
 
 
-def cut_stream_events(answer: Answer) -> list[bytes]:
-    """A few delta chunks and nothing else: no finish_reason, no usage, no [DONE]."""
+def cut_stream_events(answer: Answer, chunks: int | None = None) -> list[bytes]:
+    """A few delta chunks (`chunks` of them, when given) and nothing else: no finish_reason, no usage, no [DONE]."""
     events = list(_delta_events(answer))
-    return events[: max(2, min(3, len(events) - 1))]
+    return events[: max(2, min(3, len(events) - 1)) if chunks is None else chunks]

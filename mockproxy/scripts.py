@@ -21,7 +21,8 @@ class Step:
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = _MISSING
     latency_ms: float = 0.0
-    seconds: float | None = None
+    seconds: float | None = None  # a hang's length; for a cut stream, the pause before the cut
+    chunks: int | None = None  # a cut stream's chunks before the cut (default: two or three)
 
     @property
     def has_body(self) -> bool:
@@ -49,6 +50,10 @@ def parse_step(raw: object) -> Step:
             raise StepError("a 'status' step needs an integer 'status' between 100 and 599")
     elif status is not None:
         raise StepError("'status' is only allowed for kind 'status'")
+    chunks = raw.get("chunks")
+    if chunks is not None and (kind != "stream_cut" or isinstance(chunks, bool) or not isinstance(chunks, int)
+                               or chunks < 0):
+        raise StepError("'chunks' is a number >= 0, only for kind 'stream_cut'")
     headers = raw.get("headers") or {}
     if not isinstance(headers, dict):
         raise StepError("'headers' must be an object")
@@ -59,6 +64,7 @@ def parse_step(raw: object) -> Step:
         body=raw.get("body", _MISSING),
         latency_ms=_number(raw, "latency_ms") or 0.0,
         seconds=_number(raw, "seconds"),
+        chunks=chunks,
     )
 
 

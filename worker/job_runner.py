@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from llmq.worker.jobs.record import job_error
+from llmq.worker.jobs.record import ERROR_BODY_MAX_CHARS, job_error
 from llmq.worker.jobs.store import Claim, JobStore
 from llmq.worker.observability import metrics
 from llmq.worker.proxy.client import UpstreamClient, client_for
@@ -197,7 +197,11 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     extra = {"job_id": job_id, "attempt": claim.attempt, "model": claim.model}
     try:
         with metrics.INFLIGHT_CALLS.track_inprogress():
-            if claim.stream:
+            if claim.relay and claim.stream:
+                completion = wait(rt.upstream.stream(
+                    base_url, key, body, on_chunk=lambda chunks: rt.store.append_chunks(job_id, claim.attempt, chunks),
+                ))
+            elif claim.stream:
                 completion = wait(rt.upstream.stream(
                     base_url, key, body,
                     on_delta=lambda deltas: publish_deltas(rt, job_id, claim, deltas),
@@ -216,7 +220,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             metrics.RETRIES.labels(record["outcome"]).inc()
             return Outcome(retry_in_s=delay)
         error = err.to_dict()
-        finished = rt.store.finish(job_id, "failed", record, error=error)
+        error_body = err.body_text(ERROR_BODY_MAX_CHARS) if claim.relay else None
+        finished = rt.store.finish(job_id, "failed", record, error=error, error_body=error_body)
         if finished:
             metrics.JOBS_FINISHED.labels("failed").inc()
         return Outcome(error=error, notify=finished and bool(claim.callback_status))

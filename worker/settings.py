@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size: memory held per upload."
     )
     files_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
+    # The OpenAI-compatible route (POST /v1/chat/completions): how long a call waits for its job.
+    openai_wait_s: float = Field(
+        600, gt=0, description="Wait for a call that states no timeout (x-stainless-read-timeout, Prefer: wait)."
+    )
+    openai_max_wait_s: float = Field(3600, gt=0, description="Longest wait a call may ask for.")
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod

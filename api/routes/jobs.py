@@ -115,16 +115,23 @@ async def get_job(
 async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:
     """Cancel a job that has not finished; no new proxy call starts for it."""
     fields = await owned_fields(store, job_id, caller)
-    cancelled, status = await store.cancel(job_id)
+    cancelled, status = await cancel_unfinished(store, job_id, has_callback=bool(fields.get("callback")))
     if not cancelled:
         if status == "missing":
             raise _not_found(job_id)
         raise ApiError(409, "conflict",
                        f"The job has already finished ({status}); only unfinished jobs can be cancelled.")
-    metrics.JOBS_FINISHED.labels("cancelled").inc()
-    if fields.get("callback"):
-        await run_in_threadpool(enqueue_delivery, job_id)
     return public_view(await store.fields(job_id))
+
+
+async def cancel_unfinished(store: AsyncJobStore, job_id: str, has_callback: bool) -> tuple[bool, str]:
+    """Cancel a job if it has not finished: (cancelled, its status otherwise). Every cancel goes through here."""
+    cancelled, status = await store.cancel(job_id)
+    if cancelled:
+        metrics.JOBS_FINISHED.labels("cancelled").inc()
+        if has_callback:
+            await run_in_threadpool(enqueue_delivery, job_id)
+    return cancelled, status
 
 
 @router.post(

@@ -23,7 +23,10 @@ _FLOAT_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "next_
 # Fields that never leave the store through the public view: internal ones, and the request, which is the
 # caller's own and not part of JobPublic (parsing it, up to megabytes, only to drop it slowed every read).
 _PRIVATE_FIELDS = ("key_token", "owner", "lease_until", "attempt_started_at", "attempt_count",
-                   "callback_secret_token", "callback_attempts", "callback_next_at", "request", "watched")
+                   "callback_secret_token", "callback_attempts", "callback_next_at", "request", "watched",
+                   "relay", "error_body")
+# The proxy's final error body, kept whole for a relayed job (its caller gets it as the answer), up to this.
+ERROR_BODY_MAX_CHARS = 64 * 1024
 
 
 def new_job_id() -> str:
@@ -57,6 +60,9 @@ class NewJob:
     metadata: dict[str, Any] | None = None
     callback: dict[str, Any] | None = None
     callback_secret_token: str | None = None
+    # A caller waits on the job for the proxy's own answer (the OpenAI-compatible route): its event stream is
+    # written from the start, a stream's chunks go to it as the proxy sent them, a final error keeps its body.
+    relay: bool = False
 
     @functools.cached_property
     def fields(self) -> dict[str, str]:
@@ -84,6 +90,9 @@ class NewJob:
             fields["callback_secret_token"] = self.callback_secret_token
         if self.callback is not None:
             fields["callback_status"] = "pending"
+        if self.relay:
+            fields["relay"] = "1"
+            fields["watched"] = "0,0"  # followed from submission: the stream holds everything after `queued`
         return fields
 
 

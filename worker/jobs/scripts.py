@@ -50,14 +50,15 @@ return ids
 
 # KEYS: job, events
 # ARGV: now, lease_until
-# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream}
+# Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream,
+#          relay}
 #      or {'missing'} | {'finished', status, callback_status} | {'leased', lease_until}
 # One read and one write of the record: every command here counts against the Redis budget per job. The job
 # keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due.
 CLAIM = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_until', 'attempt_count', 'callback_status', 'started_at',
   'key_token', 'request', 'environment', 'max_attempts', 'model', 'app_id', 'watched', 'stream',
-  'attempt_started_at')
+  'attempt_started_at', 'relay')
 local status = f[1]
 if not status then return {'missing'} end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -86,7 +87,7 @@ if f[12] or f[13] == '1' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e',
     '{"type":"state","status":"running","attempt":' .. n .. ',"at":' .. ARGV[1] .. '}')
 end
-return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[13] or ''}
+return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[13] or '', f[15] or ''}
 """
 
 # KEYS: job, events, active

@@ -32,6 +32,7 @@ class Claim:
     app_id: str = ""
     detail: str = ""
     started_at: float = 0.0  # the claim's time: the attempt's start, as the record and its events tell it
+    relay: bool = False  # a caller waits for the proxy's own chunks and answer (see NewJob.relay)
 
 
 class JobStore:
@@ -60,7 +61,7 @@ class JobStore:
             return Claim(state=state, detail=reply[1], callback_status=reply[2])
         if state != "claimed":
             return Claim(state=state, detail=reply[1] if len(reply) > 1 else "")
-        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream = reply
+        _, attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream, relay = reply
         return Claim(
             state="claimed",
             attempt=int(attempt),
@@ -73,6 +74,7 @@ class JobStore:
             callback_status=callback_status,
             app_id=app_id,
             started_at=now,
+            relay=relay == "1",
         )
 
     def transition(
@@ -111,6 +113,7 @@ class JobStore:
         *,
         result_json: str | None = None,
         error: dict[str, Any] | None = None,
+        error_body: str | None = None,
         allowed_from: tuple[str, ...] = ("running",),
     ) -> bool:
         now = time.time()
@@ -119,6 +122,8 @@ class JobStore:
             fields["result"] = result_json
         if error is not None:
             fields["error"] = dumps(error)
+        if error_body is not None:
+            fields["error_body"] = error_body
         event = state_event(status, now, **({"error": error} if error else {}))
         done, _ = self.transition(job_id, status, allowed_from, event, attempt=attempt, now=now, **fields)
         return done
@@ -143,6 +148,13 @@ class JobStore:
             pipe.xadd(redis_keys.job_events(job_id), {"e": dumps(payload)}, maxlen=redis_keys.EVENTS_MAXLEN,
                       approximate=True)
         pipe.execute()
+
+    def append_chunks(self, job_id: str, attempt: int, payloads: list[str]) -> None:
+        """A relayed stream's chunks, each the proxy's `data:` payload as sent, for the caller waiting on them."""
+        name = redis_keys.job_events(job_id)
+        for data in payloads:  # usually one: a chunk is published as soon as its line is read
+            event = dumps({"type": "chunk", "attempt": attempt, "data": data})
+            self._held.execute("XADD", name, "MAXLEN", "~", redis_keys.EVENTS_MAXLEN, "*", "e", event)
 
     def claim_delivery(self, job_id: str, now: float, lease_s: float) -> tuple[str, str]:
         """('claimed', attempts made so far) | ('not_due', next_at) | ('none', callback status)."""

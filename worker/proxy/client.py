@@ -39,6 +39,7 @@ from llmq.worker.settings import Settings
 from llmq.worker.sse import MEDIA_TYPE, SseEvent, SseParser, is_event_stream
 
 DeltaSink = Callable[[list[Delta]], None]
+ChunkSink = Callable[[list[str]], None]
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,14 @@ class UpstreamClient:
         async with self._send(base_url, key, request, stream=False) as response:
             return check_completion(await response.aread())
 
-    async def stream(self, base_url: str, key: str, request: bytes, on_delta: DeltaSink) -> Completion:
-        """One streaming call; deltas go to `on_delta` as they come, the assembled completion is returned."""
+    async def stream(
+        self, base_url: str, key: str, request: bytes, on_delta: DeltaSink | None = None,
+        on_chunk: ChunkSink | None = None,
+    ) -> Completion:
+        """One streaming call; the assembled completion is returned.
+
+        As they come, deltas go to `on_delta`, and each chunk's `data:` payload, exactly as sent, to `on_chunk`
+        (only chunks the assembler took: an error object or a broken chunk ends the attempt instead)."""
         async with self._send(base_url, key, request, stream=True) as response:
             if not is_event_stream(response.headers.get("content-type")):
                 # The proxy may ignore `stream` and answer in one piece.
@@ -120,9 +127,12 @@ class UpstreamClient:
 
             def take(events: list[SseEvent]) -> None:
                 for event in events:
-                    deltas = assembler.feed_data(event.data)
-                    if deltas:
+                    data = event.data
+                    deltas = assembler.feed_data(data)
+                    if deltas and on_delta is not None:
                         on_delta(deltas)
+                    if on_chunk is not None and data.strip() and not assembler.done:
+                        on_chunk([data])
 
             async for line in response.aiter_lines():
                 take(parser.feed(line))

@@ -69,6 +69,14 @@ class UpstreamError(Exception):
         self.status_code = status_code
         self.body_excerpt = excerpt(body)
         self.retry_after_s = retry_after_s
+        self.body = body  # whole, for a caller waiting on the proxy's own answer (api.openai)
+
+    def body_text(self, limit: int) -> str | None:
+        """The proxy's whole answer as text, cut at `limit` characters."""
+        if self.body is None:
+            return None
+        text = self.body.decode("utf-8", errors="replace") if isinstance(self.body, bytes) else self.body
+        return text[:limit]
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible face of llmq: error shape, key, environment, and its routes."""
