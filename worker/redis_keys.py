@@ -51,3 +51,15 @@ def flow(kind: str, scope: str, name: str) -> str:
     """
     part = name if _PLAIN_NAME.fullmatch(name) else "#" + hashlib.sha256(name.encode()).hexdigest()[:32]
     return f"{PREFIX}:flow:{kind}:{scope}:{part}"
+
+
+# The OpenAI Files and Batch API (docs/batch.md). Ids are made by llmq (`file-…`, `batch_…`), never caller data.
+def file(file_id: str) -> str:
+    """Hash holding one file's record (the bytes are in the file store)."""
+    return f"{PREFIX}:file:{file_id}"
+
+
+def files_of(owner: str) -> str:
+    """Sorted set of one owner's file ids, scored by creation time: listing and pagination."""
+    return f"{PREFIX}:files:{owner}"
+
