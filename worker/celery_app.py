@@ -83,11 +83,13 @@ _sweeper = None
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
     global _sweeper
+    from llmq.worker.batches.runner import resume_stalled
     from llmq.worker.job_runner import runtime  # imported late: the tasks module imports this one
     from llmq.worker.sweeper import Sweeper
-    from llmq.worker.tasks import enqueue, enqueue_delivery
+    from llmq.worker.tasks import enqueue, enqueue_batch_step, enqueue_delivery
 
-    _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery)
+    _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery,
+                       also=(lambda: resume_stalled(runtime(), enqueue_batch_step),))
     _sweeper.start()
 
 

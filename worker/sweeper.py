@@ -98,11 +98,15 @@ def sweep(
 
 
 class Sweeper(threading.Thread):
-    def __init__(self, rt: Runtime, publish: Publish, notify: Callable[[str], None]) -> None:
+    def __init__(
+        self, rt: Runtime, publish: Publish, notify: Callable[[str], None],
+        also: tuple[Callable[[], object], ...] = (),
+    ) -> None:
         super().__init__(name="llmq-sweeper", daemon=True)
         self.rt = rt
         self.publish = publish
         self.notify = notify
+        self.also = also  # further sweeps under the same lock (stalled batches)
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -111,6 +115,8 @@ class Sweeper(threading.Thread):
             try:
                 if self.rt.redis.set(redis_keys.SWEEPER_LOCK, "1", nx=True, ex=max(int(interval), 1)):
                     sweep(self.rt, self.publish, notify=self.notify)
+                    for extra in self.also:
+                        extra()
             except Exception:  # a sweep must never take the worker down; the next one tries again
                 log.exception("sweep failed")
 
