@@ -20,6 +20,7 @@ from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
 from llmq.api.openai.errors import OpenAIError, OpenAIErrorResponse
 from llmq.api.openai.files import owned_file
 from llmq.api.openai.route import BASE_PATHS, OpenAIRoute
+from llmq.api.submission import check_callback_fields
 from llmq.api.uploads import MAX_EXPIRY_S, MIN_EXPIRY_S
 from llmq.worker import redis_keys
 from llmq.worker.batches import scripts
@@ -52,6 +53,9 @@ class BatchCreate(BaseModel):
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = None
     output_expires_after: ExpiresAfter | None = None
+    # llmq's extension (the SDK sends them with `extra_body`): a webhook on the batch's terminal status.
+    callback_url: str | None = Field(None, max_length=2048)
+    callback_secret: str | None = Field(None, max_length=256)
 
     @field_validator("metadata")
     @classmethod
@@ -105,6 +109,7 @@ def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-de
         if file_fields.get("purpose") != UPLOAD_PURPOSE:
             raise OpenAIError(400, f"The file's purpose is {file_fields.get('purpose')!r}; a batch's input file must "
                                    "be uploaded with purpose=batch.", code="invalid_input_file", param="input_file_id")
+        await check_callback_fields(body.callback_url, body.callback_secret, settings)
         env = environment or settings.upstream_default_env
         if settings.upstream_url(env) is None:
             raise OpenAIError(400, f"No proxy URL is configured for the {env!r} environment "
@@ -124,6 +129,11 @@ def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-de
         }
         if body.metadata is not None:
             fields["metadata"] = json.dumps(body.metadata)
+        if body.callback_url is not None:
+            fields["callback"] = json.dumps({"url": body.callback_url})
+            fields["callback_status"] = "pending"
+            if body.callback_secret is not None:
+                fields["callback_secret_token"] = vault.encrypt(body.callback_secret)
         if file_fields.get("problems"):
             fields["input_problems"] = file_fields["problems"]
         pipe = client.pipeline(transaction=True)

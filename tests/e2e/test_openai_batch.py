@@ -6,6 +6,7 @@ so every batch here runs through several feeds.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -17,9 +18,11 @@ import openai
 import pytest
 from openai import OpenAI
 from openai.types import Batch, FileDeleted, FileObject
+from openai.types.webhooks import BatchCompletedWebhookEvent
 
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
+from tests.receiver import Receiver
 from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack
 
 BATCH_ENV = {
@@ -271,3 +274,40 @@ def test_cancel_stops_new_calls_and_keeps_finished_lines(batch_stack: Stack, sdk
     assert done.request_counts is not None and done.request_counts.total == 12
     assert done.request_counts.completed + done.request_counts.failed == 12
     assert sdk.batches.cancel(batch.id).status == "cancelled"  # a second cancel changes nothing
+
+
+# --- webhooks (llmq's extension) ----------------------------------------------------------------------
+
+
+def test_batch_webhook_unwraps_to_the_typed_event(sdk: OpenAI, model: str) -> None:
+    secret = "whsec_" + base64.b64encode(b"batch-webhook-secret-of-32-bytes").decode()
+    with Receiver() as receiver:
+        receiver.statuses.append(500)  # the first attempt fails: the second is signed afresh
+        uploaded = upload(sdk, [request_line("a", model)])
+        batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                   completion_window="24h",
+                                   extra_body={"callback_url": receiver.url, "callback_secret": secret})
+        assert wait_batch(sdk, batch.id).status == "completed"
+        deadline = time.monotonic() + 30
+        while len(receiver.received) < 2:
+            assert time.monotonic() < deadline, "the batch's webhook was not delivered twice"
+            time.sleep(0.1)
+    first, second = receiver.received[:2]
+    event = sdk.webhooks.unwrap(second.body, second.headers, secret=secret)
+    assert isinstance(event, BatchCompletedWebhookEvent)
+    assert event.data.id == batch.id and event.id.startswith("evt_") and event.object == "event"
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == event.id
+    assert first.body == second.body
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        sdk.webhooks.unwrap(second.body, second.headers, secret="whsec_" + base64.b64encode(b"x" * 32).decode())
+
+
+def test_batch_webhook_refusals(sdk: OpenAI, model: str) -> None:
+    uploaded = upload(sdk, [request_line("a", model)])
+    for extra, needle in (({"callback_url": "http://10.1.2.3/hook"}, "callback_url"),
+                          ({"callback_url": "http://127.0.0.1:9/hook", "callback_secret": "nope"}, "callback_secret"),
+                          ({"callback_secret": "whsec_" + base64.b64encode(b"y" * 32).decode()}, "callback_secret")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                               extra_body=extra)
+        assert needle in caught.value.message

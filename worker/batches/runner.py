@@ -41,6 +41,7 @@ class BatchRuntime:
     rt: Runtime
     files: FileStore
     publish: Publish  # (job id, model, queue) triples, when the broker is not the job Redis
+    notify: Callable[[str], None] = lambda _: None  # publish the webhook delivery of a finished batch
 
 
 def step(brt: BatchRuntime, batch_id: str, now: float | None = None) -> bool:
@@ -66,7 +67,7 @@ def _step(brt: BatchRuntime, batch_id: str, now: float) -> bool:
     rt = brt.rt
     fields = _fields(rt, batch_id)
     if not fields or fields["status"] in TERMINAL:
-        rt.redis.zrem(redis_keys.ACTIVE_BATCHES, batch_id)
+        _ended(brt, batch_id)  # again, after a crash between the end and its webhook's publication
         return False
     rt.redis.zadd(redis_keys.ACTIVE_BATCHES, {batch_id: now})
     if fields["status"] == "validating":
@@ -117,11 +118,18 @@ def cancel_running(rt: Runtime, batch_id: str, now: float) -> None:
         rt.store.transition(job_id, "cancelled", UNFINISHED, state_event("cancelled", now), now=now)
 
 
-def _fail(rt: Runtime, batch_id: str, now: float, code: str, message: str, line: int | None = None) -> None:
-    errors = [{"code": code, "line": line, "message": message, "param": None}]
-    _advance(rt, batch_id, ("validating", "in_progress", "cancelling", "finalizing"), status="failed",
+def _ended(brt: BatchRuntime, batch_id: str) -> None:
+    """A batch just ended: its webhook goes out (the delivery's claim makes a second publication harmless)."""
+    if brt.rt.redis.hget(redis_keys.batch(batch_id), "callback_status") == "pending":
+        brt.notify(batch_id)
+    brt.rt.redis.zrem(redis_keys.ACTIVE_BATCHES, batch_id)
+
+
+def _fail(brt: BatchRuntime, batch_id: str, now: float, code: str, message: str) -> None:
+    errors = [{"code": code, "line": None, "message": message, "param": None}]
+    _advance(brt.rt, batch_id, ("validating", "in_progress", "cancelling", "finalizing"), status="failed",
              failed_at=str(int(now)), errors=json.dumps(errors))
-    rt.redis.zrem(redis_keys.ACTIVE_BATCHES, batch_id)
+    _ended(brt, batch_id)
 
 
 def _validate(brt: BatchRuntime, fields: dict[str, str], now: float) -> bool:
@@ -131,10 +139,10 @@ def _validate(brt: BatchRuntime, fields: dict[str, str], now: float) -> bool:
     if problems:
         errors = [{"code": p["code"], "line": p["line"], "message": p["message"], "param": None} for p in problems]
         _advance(rt, batch_id, ("validating",), status="failed", failed_at=str(int(now)), errors=json.dumps(errors))
-        rt.redis.zrem(redis_keys.ACTIVE_BATCHES, batch_id)
+        _ended(brt, batch_id)
         return False
     if wait(brt.files.stat(fields["input_file_id"])) is None:
-        _fail(rt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
+        _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
         return False
     return _advance(rt, batch_id, ("validating",), status="in_progress", in_progress_at=str(int(now)))
 
@@ -149,7 +157,7 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     try:
         lines, last = wait(_next_lines(brt.files, fields["input_file_id"], start, free))
     except ObjectNotFound:
-        _fail(rt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
+        _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
         return
     if last == start:
         return
@@ -261,7 +269,7 @@ def _finalize(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     try:
         written = wait(_write_outputs(brt.files, fields, expires_at, ending))
     except ObjectNotFound:
-        _fail(rt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
+        _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
         return
     pipe = rt.redis.pipeline(transaction=True)
     ids: dict[str, str] = {}
@@ -279,10 +287,8 @@ def _finalize(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
                 failed=str(failed), **ids):
         log.info("batch %s %s", batch_id, final, extra={"batch_id": batch_id})
     wait(_delete_parts(brt.files, batch_id))
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.delete(redis_keys.batch_inflight(batch_id))
-    pipe.zrem(redis_keys.ACTIVE_BATCHES, batch_id)
-    pipe.execute()
+    rt.redis.delete(redis_keys.batch_inflight(batch_id))
+    _ended(brt, batch_id)
 
 
 @dataclass
