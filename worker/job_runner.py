@@ -14,13 +14,14 @@ from typing import Any
 
 import redis
 
+from llmq.worker import redis_keys
 from llmq.worker.jobs.record import ERROR_BODY_MAX_CHARS, job_error
 from llmq.worker.jobs.store import Claim, JobStore
 from llmq.worker.observability import metrics
 from llmq.worker.proxy.client import UpstreamClient, client_for
 from llmq.worker.proxy.errors import UpstreamError
 from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
-from llmq.worker.proxy.retry_policy import RetryPolicy, next_delay
+from llmq.worker.proxy.retry_policy import RetryPolicy, is_retryable, next_delay
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.event_loop import wait
 from llmq.worker.secrets.key_vault import InvalidToken, KeyVault, vault_for
@@ -168,6 +169,22 @@ def _cool_down(rt: Runtime, claim: Claim, err: UpstreamError) -> None:
         log.warning("cooldown not recorded: %s", err_, extra={"model": claim.model})
 
 
+def _retry_until(rt: Runtime, job_id: str) -> float | None:
+    """A batch line's `retry_until` (the end of its batch's window): it keeps retrying a retryable failure
+    past `max_attempts` until then. Read only once the attempts ran out: no cost to any other call."""
+    until = rt.redis.hget(redis_keys.job(job_id), "retry_until")
+    return float(until) if until else None
+
+
+def _within_retry_window(rt: Runtime, job_id: str, err: UpstreamError, claim: Claim) -> float | None:
+    """The capped backoff, if the next attempt would still start inside the job's retry window."""
+    until = _retry_until(rt, job_id)
+    if until is None:
+        return None
+    delay = next_delay(err, claim.attempt, claim.attempt + 1, rt.policy)
+    return delay if delay is not None and time.time() + delay < until else None
+
+
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     claim = rt.store.claim(job_id, rt.lease_s)
     if claim.state == "leased":
@@ -178,7 +195,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         # A finished job whose callback was never handed on (its worker died in between) gets it now.
         return Outcome(skipped=claim.state, notify=claim.callback_status == "pending")
 
-    if claim.attempt > claim.max_attempts:
+    if claim.attempt > claim.max_attempts and (_retry_until(rt, job_id) or 0) < time.time():
         # The last attempt's worker vanished mid-call: no attempts are left to spend.
         return _setup_error(rt, job_id, claim, "worker_lost",
                             "the worker running the last attempt stopped before it finished; no attempts left")
@@ -211,6 +228,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     except UpstreamError as err:
         _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
+        if delay is None and claim.attempt >= claim.max_attempts and is_retryable(err):
+            delay = _within_retry_window(rt, job_id, err, claim)
         record = attempt_record(claim, started, err, delay, err.status_code)
         metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)
         log.warning("attempt failed: %s", err.message,

@@ -276,6 +276,19 @@ def test_cancel_stops_new_calls_and_keeps_finished_lines(batch_stack: Stack, sdk
     assert sdk.batches.cancel(batch.id).status == "cancelled"  # a second cancel changes nothing
 
 
+def test_proxy_outage_does_not_fail_lines(sdk: OpenAI, mock_proxy: MockProxy, model: str) -> None:
+    """30 answers of 503 across 3 lines: each line needs far more than its 5 attempts, and retries on until
+    the proxy is back, as the window (24 h) allows."""
+    mock_proxy.script(model, *[{"kind": "status", "status": 503}] * 30)
+    uploaded = upload(sdk, [request_line(f"r{i}", model) for i in range(3)])
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_batch(sdk, batch.id, timeout_s=90)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 0)
+    assert len(mock_proxy.calls(model)) == 33  # every 503 was retried
+    assert sorted(line["custom_id"] for line in read_lines(sdk, done.output_file_id)) == ["r0", "r1", "r2"]
+
+
 # --- webhooks (llmq's extension) ----------------------------------------------------------------------
 
 

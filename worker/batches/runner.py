@@ -177,7 +177,9 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
             max_attempts=int(fields["max_attempts"]), created_at=now,
         )
         # TODO(deadlines): once job deadlines land, set the job's deadline to the batch's expires_at here.
-        job_fields = {**job.fields, "batch_id": batch_id, "custom_id": data["custom_id"], "line": str(line_no)}
+        # `retry_until`: a proxy outage does not fail the line; it retries until the window ends (job_runner).
+        job_fields = {**job.fields, "batch_id": batch_id, "custom_id": data["custom_id"], "line": str(line_no),
+                      "retry_until": fields["expires_at"]}
         message = call_proxy_message(celery_app, job.id, job.model, queue) if on_redis else ""
         keys += [redis_keys.job(job.id), queue if on_redis else ""]
         args += [len(job_fields), repr(now), job.id, str(line_no), message]
