@@ -150,8 +150,11 @@ def _validate(brt: BatchRuntime, fields: dict[str, str], now: float) -> bool:
 def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     """Queue the next lines as jobs, up to the window; the checkpoint moves in the same script."""
     rt, batch_id = brt.rt, fields["id"]
-    free = rt.settings.batch_window_lines - rt.redis.hlen(redis_keys.batch_inflight(batch_id))
-    if free <= 0 or int(fields.get("fed") or 0) >= int(fields.get("total") or 0):
+    window = rt.settings.batch_window_lines
+    free = window - rt.redis.hlen(redis_keys.batch_inflight(batch_id))
+    remaining = int(fields.get("total") or 0) - int(fields.get("fed") or 0)
+    # A feed reads the file from its start to the checkpoint: feed in quarters of the window, not line by line.
+    if free <= 0 or remaining <= 0 or free < min(remaining, max(1, window // 4)):
         return
     start = int(fields.get("next_line") or 0)
     try:
