@@ -229,6 +229,7 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         if status is None:  # the record expired: the finalizer reports the line as lost
             done.append(job_id)
         elif status == "succeeded":
+            result = result or "null"  # a succeeded job always has one; never write a line that is not JSON
             out.append(f"{line}\t{output.succeeded_line(job_id, custom_id, result)}")
             for name, value in output.usage_counts(json.loads(result)).items():
                 counts[name] = counts.get(name, 0) + value
@@ -328,7 +329,9 @@ async def _write_outputs(files: FileStore, fields: dict[str, str], expires_at: i
             line_no += 1
             if not raw.strip() or (line_no // 8 < len(seen) and seen[line_no // 8] & (1 << (line_no % 8))):
                 continue
-            custom_id = json.loads(raw)["custom_id"]
+            custom_id = _custom_id(raw)
+            if custom_id is None:  # not a request (a batch stopped before its validation failed it)
+                continue
             await err.write((output.error_line(None, custom_id, code, message) + "\n").encode())
             unseen += 1
         for kind, writer, file_id in (("output", out, out_id), ("error", err, err_id)):
@@ -336,6 +339,15 @@ async def _write_outputs(files: FileStore, fields: dict[str, str], expires_at: i
                 info = await writer.commit(expires_at=expires_at)
                 result[kind] = (file_id, info.size)
     return Written(result, unseen)
+
+
+def _custom_id(raw: bytes) -> str | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    custom_id = data.get("custom_id") if isinstance(data, dict) else None
+    return custom_id if isinstance(custom_id, str) and custom_id else None
 
 
 async def _delete_parts(files: FileStore, batch_id: str) -> None:

@@ -6,6 +6,8 @@ before a feed means the feed queues nothing, and one recorded after it finds eve
 
 from __future__ import annotations
 
+from llmq.worker import redis_keys
+
 # KEYS: batch, inflight, active jobs, then per job: job, queue ('' to publish separately)
 # ARGV: expected next_line, new next_line, ttl_s, then per job: pair_count, now, job_id, line, message, field, value…
 # Records the jobs of the next lines and moves the checkpoint, only if the batch is still running undisturbed
@@ -48,7 +50,7 @@ end
 redis.call('HSET', KEYS[1], unpack(changes))
 local inflight = redis.call('HKEYS', KEYS[2])
 for _, id in ipairs(inflight) do
-  local job = 'llmq:job:' .. id
+  local job = JOB_KEY_PREFIX .. id
   local s = redis.call('HGET', job, 'status')
   if s == 'queued' or s == 'retrying' then
     redis.call('HSET', job, 'status', 'cancelled', 'updated_at', ARGV[1], 'finished_at', ARGV[1])
@@ -68,3 +70,6 @@ if not status or not string.find(ARGV[1], ',' .. status .. ',', 1, true) then re
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return status
 """
+
+# Job keys are built in the script from the ids in `inflight` (a Redis cluster would need them as KEYS).
+STOP = STOP.replace("JOB_KEY_PREFIX", repr(redis_keys.job("")))

@@ -88,3 +88,21 @@ def test_finalize_writes_each_line_once_and_reports_the_rest(tmp_path: Path, end
     assert result["error"][0] == {"custom_id": "d", "n": 1}
     assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in result["error"][1:]] == [("e", code, None)]
     assert unseen == 1
+
+
+def test_finalize_of_a_stopped_batch_skips_lines_that_are_not_requests(tmp_path: Path) -> None:
+    """A batch cancelled before validation failed it: its unreadable lines are not requests to report."""
+    async def run() -> list[dict[str, Any]]:
+        files = FileStore(DirectoryBackend(tmp_path / "files"))
+        async with files.writer("file-input") as w:
+            await w.write(b"\n".join([request("a"), b"{oops", b"[1]", request("d")]))  # no final newline
+            await w.commit()
+        written = await _write_outputs(files, {"id": "batch_y", "input_file_id": "file-input", "lines": "4"},
+                                       2_000_000_000, "cancelled")
+        assert "output" not in written.files and written.unseen == 2
+        lines = [json.loads(line) async for line in files.lines(written.files["error"][0])]
+        await files.aclose()
+        return lines
+
+    assert [(e["custom_id"], e["error"]["code"]) for e in asyncio.run(run())] == \
+        [("a", "batch_cancelled"), ("d", "batch_cancelled")]
