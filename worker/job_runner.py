@@ -18,6 +18,7 @@ from llmq.worker import redis_keys
 from llmq.worker.jobs.record import ERROR_BODY_MAX_CHARS, job_error
 from llmq.worker.jobs.store import Claim, JobStore
 from llmq.worker.observability import metrics
+from llmq.worker.proxy.circuit_breaker import CircuitBreaker, proxy_down
 from llmq.worker.proxy.client import UpstreamClient, client_for
 from llmq.worker.proxy.errors import UpstreamError
 from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
@@ -41,6 +42,7 @@ class Runtime:
     vault: KeyVault
     policy: RetryPolicy
     flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
+    breaker: CircuitBreaker | None = None  # shared by batch lines; touched only after a failure
 
     @property
     def lease_s(self) -> float:
@@ -77,14 +79,16 @@ def flow_control_for(settings: Settings, client: redis.Redis) -> FlowControl | N
 def runtime() -> Runtime:
     settings = get_settings()
     client = redis_client(settings)
+    policy = RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s)
     return Runtime(
         settings=settings,
         redis=client,
         store=JobStore(client, settings.result_ttl_s),
         upstream=client_for(settings),
         vault=vault_for(settings.server_secret),
-        policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
+        policy=policy,
         flow=flow_control_for(settings, client),
+        breaker=CircuitBreaker(client, policy),
     )
 
 
@@ -170,19 +174,24 @@ def _cool_down(rt: Runtime, claim: Claim, err: UpstreamError) -> None:
 
 
 def _retry_until(rt: Runtime, job_id: str) -> float | None:
-    """A batch line's `retry_until` (the end of its batch's window): it keeps retrying a retryable failure
-    past `max_attempts` until then. Read only once the attempts ran out: no cost to any other call."""
+    """A batch line's `retry_until`, the end of its batch's window (None for any other job)."""
     until = rt.redis.hget(redis_keys.job(job_id), "retry_until")
     return float(until) if until else None
 
 
-def _within_retry_window(rt: Runtime, job_id: str, err: UpstreamError, claim: Claim) -> float | None:
-    """The capped backoff, if the next attempt would still start inside the job's retry window."""
-    until = _retry_until(rt, job_id)
-    if until is None:
-        return None
+def _batch_line_delay(rt: Runtime, err: UpstreamError, claim: Claim, until: float) -> float | None:
+    """A batch line retries a retryable failure past `max_attempts`, with the capped backoff, while the next
+    attempt would start inside its window; when the proxy is down for everyone it waits for the shared
+    circuit breaker instead (`proxy.circuit_breaker`)."""
     delay = next_delay(err, claim.attempt, claim.attempt + 1, rt.policy)
-    return delay if delay is not None and time.time() + delay < until else None
+    if delay is None:
+        return None
+    if rt.breaker is not None and proxy_down(err):
+        try:
+            delay = rt.breaker.delay_s(claim.environment, delay)
+        except redis.RedisError as err_:
+            log.warning("circuit breaker not updated: %s", err_)
+    return delay if time.time() + delay < until else None
 
 
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
@@ -228,8 +237,10 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     except UpstreamError as err:
         _cool_down(rt, claim, err)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
-        if delay is None and claim.attempt >= claim.max_attempts and is_retryable(err):
-            delay = _within_retry_window(rt, job_id, err, claim)
+        if is_retryable(err):
+            until = _retry_until(rt, job_id)  # one read, on a failed attempt only
+            if until is not None:
+                delay = _batch_line_delay(rt, err, claim, until)
         record = attempt_record(claim, started, err, delay, err.status_code)
         metrics.UPSTREAM_LATENCY.labels(claim.model, str(err.status_code or err.kind)).observe(time.time() - started)
         log.warning("attempt failed: %s", err.message,
@@ -245,6 +256,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             metrics.JOBS_FINISHED.labels("failed").inc()
         return Outcome(error=error, notify=finished and bool(claim.callback_status))
 
+    if claim.attempt > 1 and rt.breaker is not None:
+        rt.breaker.recovered(claim.environment)  # a success after failures: the proxy is back
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(claim.model, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)

@@ -88,3 +88,8 @@ def batch_lock(batch_id: str) -> str:
 
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"
 """Sorted set of unfinished batch ids, scored by their last step: the sweeper resumes stalled ones."""
+
+
+def breaker(environment: str) -> str:
+    """The circuit breaker shared by every worker for one proxy environment (worker.proxy.circuit_breaker)."""
+    return f"{PREFIX}:breaker:{environment}"

@@ -156,6 +156,8 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     # A feed reads the file from its start to the checkpoint: feed in quarters of the window, not line by line.
     if free <= 0 or remaining <= 0 or free < min(remaining, max(1, window // 4)):
         return
+    if rt.breaker is not None and rt.breaker.open_for_s(fields["environment"], now) > 0:
+        return  # the proxy is down for everyone: new lines would only fail
     start = int(fields.get("next_line") or 0)
     try:
         lines, last = wait(_next_lines(brt.files, fields["input_file_id"], start, free))
