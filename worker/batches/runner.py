@@ -12,7 +12,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -153,14 +154,15 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     window = rt.settings.batch_window_lines
     free = window - rt.redis.hlen(redis_keys.batch_inflight(batch_id))
     remaining = int(fields.get("total") or 0) - int(fields.get("fed") or 0)
-    # A feed reads the file from its start to the checkpoint: feed in quarters of the window, not line by line.
+    # In quarters of the window, not line by line: fewer, larger feeds (each one script call).
     if free <= 0 or remaining <= 0 or free < min(remaining, max(1, window // 4)):
         return
     if rt.breaker is not None and rt.breaker.open_for_s(fields["environment"], now) > 0:
         return  # the proxy is down for everyone: new lines would only fail
     start = int(fields.get("next_line") or 0)
     try:
-        lines, last = wait(_next_lines(brt.files, fields["input_file_id"], start, free))
+        lines, last, offset = wait(_next_lines(brt.files, fields["input_file_id"], start,
+                                               int(fields.get("next_offset") or 0), free))
     except ObjectNotFound:
         _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
         return
@@ -169,7 +171,7 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     on_redis = rt.settings.effective_broker_url == rt.settings.redis_url
     queue = redis_keys.QUEUE_BY_PRIORITY[fields.get("priority", "low")]  # type: ignore[index]
     keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS]
-    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s]
+    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset)]
     jobs: list[NewJob] = []
     for line_no, raw in lines:
         data = json.loads(raw)
@@ -197,19 +199,23 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         brt.publish([(job.id, job.model, queue) for job in jobs])
 
 
-async def _next_lines(files: FileStore, name: str, start: int, wanted: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Up to `wanted` request lines after physical line `start`, and the last line number read."""
+async def _next_lines(
+    files: FileStore, name: str, start: int, offset: int, wanted: int
+) -> tuple[list[tuple[int, bytes]], int, int]:
+    """Up to `wanted` request lines after physical line `start` (which ends at byte `offset`): the lines with
+    their numbers, the last line number read, and the byte after it. The file is read from the checkpoint on."""
     found: list[tuple[int, bytes]] = []
-    line_no = 0
-    async for raw in files.lines(name):
-        line_no += 1
-        if line_no <= start:
-            continue
-        if raw.strip():
-            found.append((line_no, raw))
-            if len(found) == wanted:
-                return found, line_no
-    return found, line_no
+    line_no = start
+    reader = cast(AsyncGenerator[bytes, None], files.lines(name, start=offset))
+    async with aclosing(reader) as lines:  # closes the file when leaving early
+        async for raw in lines:
+            line_no += 1
+            offset += len(raw) + 1  # past a last line without "\n" too: nothing follows it
+            if raw.strip():
+                found.append((line_no, raw))
+                if len(found) == wanted:
+                    break
+    return found, line_no, offset
 
 
 def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:

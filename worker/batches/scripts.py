@@ -9,13 +9,14 @@ from __future__ import annotations
 from llmq.worker import redis_keys
 
 # KEYS: batch, inflight, active jobs, then per job: job, queue ('' to publish separately)
-# ARGV: expected next_line, new next_line, ttl_s, then per job: pair_count, now, job_id, line, message, field, value…
+# ARGV: expected next_line, new next_line, ttl_s, new next_offset (the byte after the last line read),
+#       then per job: pair_count, now, job_id, line, message, field, value…
 # Records the jobs of the next lines and moves the checkpoint, only if the batch is still running undisturbed
 # and nobody fed these lines already. Returns the number of jobs recorded (0: refused).
 FEED = """
 local b = redis.call('HMGET', KEYS[1], 'status', 'ending', 'next_line')
 if b[1] ~= 'in_progress' or (b[2] and b[2] ~= '') or (b[3] or '0') ~= ARGV[1] then return 0 end
-local ttl, a, n = ARGV[3], 4, 0
+local ttl, a, n = ARGV[3], 5, 0
 for k = 4, #KEYS, 2 do
   local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
   local now, id, line, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -27,7 +28,7 @@ for k = 4, #KEYS, 2 do
   n = n + 1
   a = pairs_end + 1
 end
-redis.call('HSET', KEYS[1], 'next_line', ARGV[2])
+redis.call('HSET', KEYS[1], 'next_line', ARGV[2], 'next_offset', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'fed', n)
 return n
 """
