@@ -8,6 +8,7 @@ key that created it; any other key gets 404. The base path chooses the lines' en
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Annotated, Any, Literal, cast
 
@@ -30,6 +31,7 @@ from llmq.worker.files.records import UPLOAD_PURPOSE
 from llmq.worker.settings import Environment
 from llmq.worker.tasks import enqueue_batch_step
 
+log = logging.getLogger("llmq.api")
 router = APIRouter(tags=["batches"], route_class=OpenAIRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (400, 401, 404, 409, 503)}
 MAX_LIST_LIMIT = 100
@@ -89,6 +91,16 @@ async def owned_batch(client: aioredis.Redis, batch_id: str, caller: Caller) -> 
     return fields
 
 
+async def publish_step(batch_id: str) -> None:
+    """Publish the batch's next step. The batch is recorded already: if the broker cannot take the message,
+    the sweeper resumes the batch (it is in the index of active batches), so the caller is not failed."""
+    try:
+        await run_in_threadpool(enqueue_batch_step, batch_id)
+    except Exception as err:
+        log.warning("batch step not published (%s); the sweeper will resume the batch", type(err).__name__,
+                    extra={"batch_id": batch_id})
+
+
 def _model_of(file_fields: dict[str, str]) -> str | None:
     """The batch's model when its file names one; several models (an llmq extension) leave it unset."""
     models = json.loads(file_fields.get("models") or "{}")
@@ -142,7 +154,7 @@ def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-de
         pipe.zadd(redis_keys.batches_of(caller.owner), {batch_id: now})
         pipe.zadd(redis_keys.ACTIVE_BATCHES, {batch_id: now})  # a lost first step is resumed by the sweeper
         await pipe.execute()
-        await run_in_threadpool(enqueue_batch_step, batch_id)
+        await publish_step(batch_id)
         return batch_object(fields)
 
     return create_batch
@@ -204,7 +216,7 @@ async def cancel_batch(request: Request, batch_id: str, caller: CallerDep, store
         # Lines whose call is under way: cancelled too, so their answers are dropped.
         for job_id in cast(list[str], await client.hkeys(redis_keys.batch_inflight(batch_id))):
             await store.cancel(job_id)
-        await run_in_threadpool(enqueue_batch_step, batch_id)
+        await publish_step(batch_id)
     return batch_object(await owned_batch(client, batch_id, caller))
 
 
