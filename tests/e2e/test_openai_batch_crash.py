@@ -50,3 +50,31 @@ def test_worker_killed_mid_batch_every_custom_id_once(
         assert (counted.total, counted.completed, counted.failed) == (LINES, LINES, 0)
     finally:
         stack.stop()
+
+
+def test_api_killed_mid_batch_the_batch_goes_on(
+    redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path, model: str
+) -> None:
+    """The API holds nothing of a batch once it is created: SIGKILL it mid-run, start it again, collect."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/10"
+    stack = Stack(url, mock_proxy.url, log_dir / "openai-batch-api-restart", LLMQ_BROKER_URL=url,
+                  **{**BATCH_ENV, "LLMQ_BATCH_WINDOW_LINES": "4"})
+    try:
+        stack.start_api()
+        stack.start_worker()
+        mock_proxy.script(model, *[{"kind": "ok", "latency_ms": 200}] * LINES)
+        with OpenAI(api_key=CALLER_KEY, base_url=f"{stack.base_url}/v1", max_retries=0) as client:
+            uploaded = upload(client, [request_line(f"r{i}", model) for i in range(LINES)])
+            batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            eventually(lambda: int(stack.redis.hget(redis_keys.batch(batch.id), "completed") or 0) >= 4, 30,
+                       "some lines to be finished", interval_s=0.05)
+            assert stack.api is not None
+            stack.api.kill()
+            stack.start_api()
+            done = wait_batch(client, batch.id, timeout_s=90)
+            lines = read_lines(client, done.output_file_id) + read_lines(client, done.error_file_id)
+        assert done.status == "completed"
+        assert collections.Counter(line["custom_id"] for line in lines) == {f"r{i}": 1 for i in range(LINES)}
+    finally:
+        stack.stop()

@@ -376,3 +376,11 @@ def resume_stalled(rt: Runtime, publish_step: Callable[[str], None], now: float 
         log.warning("resumed %d stalled batch(es)", len(stalled))
     return stalled
 
+
+
+def sweep_files(files: FileStore) -> int:
+    """Delete the file store's expired objects (uploads, outputs, parts a crash left), a bounded batch per sweep."""
+    result = wait(files.sweep_expired())
+    if result.deleted:
+        log.info("file store: %d expired object(s) deleted", result.deleted)
+    return result.deleted
