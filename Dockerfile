@@ -4,7 +4,7 @@
 #   docker build -t llmq:latest .
 #   docker run --env-file .env -p 8000:8000 llmq:latest                          # API
 #   docker run --env-file .env llmq:latest celery -A llmq.worker.celery_app worker \
-#       -Q llmq.webhooks,llmq.high,llmq.normal,llmq.low                           # worker
+#       -Q llmq.webhooks,llmq.batches,llmq.high,llmq.normal,llmq.low                           # worker
 #
 # docker-compose.yml, ops/k8s/ and docs/operations.md show the exact commands and health checks.
 

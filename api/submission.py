@@ -79,13 +79,18 @@ def check_limits(body: JobCreate, settings: Settings) -> None:
 
 async def check_callback(body: JobCreate, settings: Settings) -> None:
     """A callback must be signable and must point at a public address (or an allowed one)."""
-    if body.callback_url is None:
-        if body.callback_secret is not None:
+    await check_callback_fields(body.callback_url, body.callback_secret, settings)
+
+
+async def check_callback_fields(callback_url: str | None, callback_secret: str | None, settings: Settings) -> None:
+    """`check_callback` for any body carrying the two fields (jobs, OpenAI batches)."""
+    if callback_url is None:
+        if callback_secret is not None:
             raise ApiError(422, "invalid_request", "callback_secret: given without a callback_url")
         return
-    if body.callback_secret is not None:
+    if callback_secret is not None:
         try:
-            check_secret(body.callback_secret)
+            check_secret(callback_secret)
         except ValueError as err:
             raise ApiError(422, "invalid_request", f"callback_secret: {err}") from None
     elif settings.webhook_secret is None:
@@ -93,7 +98,7 @@ async def check_callback(body: JobCreate, settings: Settings) -> None:
                        "callback_secret: required, because this service has no LLMQ_WEBHOOK_SECRET configured")
     try:
         # Resolving a name may block: keep it off the event loop.
-        await run_in_threadpool(resolve_and_check, body.callback_url, settings.callback_allow_list)
+        await run_in_threadpool(resolve_and_check, callback_url, settings.callback_allow_list)
     except CallbackRefused as err:
         raise ApiError(422, "invalid_request", f"callback_url: {err}") from None
 

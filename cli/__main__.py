@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--wait-timeout", type=positive_float, metavar="SECONDS",
                      help="stop waiting after this long (exit 6; running the same file again collects the rest)")
     sub.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    sub.add_argument("--batch-api", action="store_true",
+                     help="run the file as one OpenAI batch (/v1/files, /v1/batches): lines at priority low, "
+                          "retried until the 24 h window ends; --priority and --max-attempts do not apply")
     job_options(sub)
 
     sub = command("doctor", doctor.run, "Check key, base URL, model and network against the proxy guide.")

@@ -191,6 +191,10 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     extra = {name: getattr(args, name) for name in ("priority", "environment", "max_attempts", "deadline")
              if getattr(args, name) is not None}
     metadata = parse_pairs(args.metadata, "--metadata")
+    if args.batch_api:
+        from llmq.cli.batch_api import run_batch_api  # imported late: it imports this module
+
+        return run_batch_api(ctx, args, items, output, metadata)
     deadline = time.monotonic() + (args.wait_timeout or math.inf)
     valid = [item for item in items if item.invalid is None]
 

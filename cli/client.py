@@ -117,7 +117,40 @@ class ApiClient:
             body = {}
         return response.status_code, body if isinstance(body, dict) else {}
 
-    # Plumbing.
+    # The OpenAI Files and Batch API (llmq batch --batch-api).
+
+    def upload_batch_file(self, filename: str, content: bytes, base: str = "/v1") -> dict[str, Any]:
+        # Not repeated on a lost answer: a second upload would be a second file.
+        response = self._request("POST", f"{base}/files", repeatable=False, data={"purpose": "batch"},
+                                 files={"file": (filename, content, "application/jsonl")})
+        return self._json(response)
+
+    def create_batch(self, body: dict[str, Any], base: str = "/v1") -> dict[str, Any]:
+        """`base` chooses the lines' environment (/v1, /test/v1, /prod/v1)."""
+        return self._json(self._request("POST", f"{base}/batches", repeatable=False, json=body))
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self._request("GET", f"/v1/batches/{batch_id}"))
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Every batch of the key, newest first."""
+        after: str | None = None
+        while True:
+            page = self._json(self._request("GET", "/v1/batches",
+                                            params={"limit": 100, **({"after": after} if after else {})}))
+            yield from page.get("data") or []
+            if not page.get("has_more") or not page.get("data"):
+                return
+            after = page["data"][-1]["id"]
+
+    def file_lines(self, file_id: str) -> Iterator[str]:
+        """A file's lines, streamed."""
+        with self._http.stream("GET", f"/v1/files/{file_id}/content") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise self._api_error(response)
+            yield from (line for line in response.iter_lines() if line)
+
 
     def _request(self, method: str, path: str, *, repeatable: bool = True, extra_read_s: float = 0,
                  **kwargs: Any) -> httpx2.Response:

@@ -62,7 +62,8 @@ def test_env(redis_url: str, upstream_url: str, **overrides: str) -> dict[str, s
 class Stack:
     def __init__(self, redis_url: str, upstream_url: str, log_dir: Path, **overrides: str) -> None:
         self.redis_url = redis_url
-        self.env = test_env(redis_url, upstream_url, **overrides)
+        # The file store of the Files and Batch API: the stack's own directory, unless a test names another.
+        self.env = test_env(redis_url, upstream_url, **{"LLMQ_FILES_DIR": str(log_dir / "files"), **overrides})
         self.log_dir = log_dir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -84,11 +84,15 @@ _sweeper = None
 @worker_ready.connect
 def _start_sweeper(**_: object) -> None:
     global _sweeper
+    from llmq.worker.batches.runner import resume_stalled, sweep_files
     from llmq.worker.job_runner import runtime  # imported late: the tasks module imports this one
     from llmq.worker.sweeper import Sweeper
-    from llmq.worker.tasks import enqueue, enqueue_delivery
+    from llmq.worker.tasks import batch_runtime, enqueue, enqueue_batch_step, enqueue_delivery
 
-    _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery)
+    _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery, also=(
+        lambda: resume_stalled(runtime(), enqueue_batch_step),
+        lambda: sweep_files(batch_runtime().files),
+    ))
     _sweeper.start()
 
 

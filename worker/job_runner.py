@@ -14,15 +14,17 @@ from typing import Any
 
 import redis
 
+from llmq.worker import redis_keys
 from llmq.worker.jobs.record import ERROR_BODY_MAX_CHARS, job_error
 from llmq.worker.jobs.store import Claim, JobStore
 from llmq.worker.observability import metrics
+from llmq.worker.proxy.circuit_breaker import CircuitBreaker, proxy_down
 from llmq.worker.proxy.client import UpstreamClient, client_for
 from llmq.worker.proxy.errors import UpstreamError
 from llmq.worker.proxy.flow_control import MAX_WAIT_S, FlowControl, Wait
 from llmq.worker.proxy.in_flight import CallCancelled, InFlightCalls
 from llmq.worker.proxy.key_verdicts import KeyVerdicts
-from llmq.worker.proxy.retry_policy import RetryPolicy, next_delay
+from llmq.worker.proxy.retry_policy import RetryPolicy, is_retryable, next_delay
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.event_loop import wait
 from llmq.worker.secrets.key_vault import InvalidToken, KeyVault, vault_for
@@ -44,6 +46,7 @@ class Runtime:
     flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
     calls: InFlightCalls | None = None  # None: calls can be neither aborted nor have their leases renewed
     verdicts: KeyVerdicts | None = None  # the proxy's 2xx and 401/403 per key, for the API's quotas
+    breaker: CircuitBreaker | None = None  # shared by batch lines; touched only after a failure
 
     @property
     def lease_s(self) -> float:
@@ -81,16 +84,18 @@ def flow_control_for(settings: Settings, client: redis.Redis) -> FlowControl | N
 def runtime() -> Runtime:
     settings = get_settings()
     client = redis_client(settings)
+    policy = RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s)
     return Runtime(
         settings=settings,
         redis=client,
         store=JobStore(client, settings.result_ttl_s),
         upstream=client_for(settings),
         vault=vault_for(settings.server_secret, settings.previous_secrets),
-        policy=RetryPolicy(settings.retry_base_delay_s, settings.retry_max_delay_s, settings.retry_after_cap_s),
+        policy=policy,
         flow=flow_control_for(settings, client),
         calls=InFlightCalls(settings.redis_url, call_lease_s(settings)),
         verdicts=KeyVerdicts(client, vault_for(settings.server_secret), settings.rejected_key_block_s),
+        breaker=CircuitBreaker(client, policy),
     )
 
 
@@ -198,6 +203,27 @@ def _cancelled_attempt(rt: Runtime, job_id: str, claim: Claim, message: str) -> 
     return Outcome(skipped="cancelled")
 
 
+def _retry_until(rt: Runtime, job_id: str) -> float | None:
+    """A batch line's `retry_until`, the end of its batch's window (None for any other job)."""
+    until = rt.redis.hget(redis_keys.job(job_id), "retry_until")
+    return float(until) if until else None
+
+
+def _batch_line_delay(rt: Runtime, err: UpstreamError, claim: Claim, until: float) -> float | None:
+    """A batch line retries a retryable failure past `max_attempts`, with the capped backoff, while the next
+    attempt would start inside its window; when the proxy is down for everyone it waits for the shared
+    circuit breaker instead (`proxy.circuit_breaker`)."""
+    delay = next_delay(err, claim.attempt, claim.attempt + 1, rt.policy)
+    if delay is None:
+        return None
+    if rt.breaker is not None and proxy_down(err):
+        try:
+            delay = rt.breaker.delay_s(claim.environment, delay)
+        except redis.RedisError as err_:
+            log.warning("circuit breaker not updated: %s", err_)
+    return delay if time.time() + delay < until else None
+
+
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
     claim = rt.store.claim(job_id, rt.lease_s)
     if claim.state == "leased":
@@ -211,7 +237,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         # A finished job whose callback was never handed on (its worker died in between) gets it now.
         return Outcome(skipped=claim.state, notify=claim.callback_status == "pending")
 
-    if claim.attempt > claim.max_attempts:
+    if claim.attempt > claim.max_attempts and (_retry_until(rt, job_id) or 0) < time.time():
         # The last attempt's worker vanished mid-call: no attempts are left to spend.
         return _setup_error(rt, job_id, claim, "worker_lost",
                             "the worker running the last attempt stopped before it finished; no attempts left")
@@ -252,6 +278,10 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
             rt.verdicts.rejected(key)
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
         metrics.UPSTREAM_LATENCY.labels(model_label, str(err.status_code or err.kind)).observe(time.time() - started)
+        if is_retryable(err):
+            until = _retry_until(rt, job_id)  # one read, on a failed attempt only
+            if until is not None:
+                delay = _batch_line_delay(rt, err, claim, until)
         if delay is not None and claim.deadline is not None and time.time() + delay > claim.deadline:
             # The next attempt would start after the deadline: it does not start, and the job ends here.
             record = attempt_record(claim, started, err, None, err.status_code)
@@ -276,6 +306,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
 
     if rt.verdicts is not None:
         rt.verdicts.accepted(claim.app_id)
+    if claim.attempt > 1 and rt.breaker is not None:
+        rt.breaker.recovered(claim.environment)  # a success after failures: the proxy is back
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(model_label, "200").observe(time.time() - started)
     finished = rt.store.finish(job_id, "succeeded", record, result_json=completion.text)

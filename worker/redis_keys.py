@@ -9,9 +9,11 @@ PREFIX = "llmq"
 
 QUEUE_BY_PRIORITY = {"high": "llmq.high", "normal": "llmq.normal", "low": "llmq.low"}
 WEBHOOK_QUEUE = "llmq.webhooks"
-# Workers consume queues in this order. Deliveries are short and bounded by their timeout, so
-# they go first; then a high job waiting always goes before a normal one, and normal before low.
-QUEUES_IN_ORDER = (WEBHOOK_QUEUE, *QUEUE_BY_PRIORITY.values())
+BATCH_QUEUE = "llmq.batches"
+"""Steps of OpenAI batches (feed, collect, finalize): short, and each bounded by the feeder's window."""
+# Workers consume queues in this order. Deliveries and batch steps are short and bounded, so they go
+# first; then a high job waiting always goes before a normal one, and normal before low.
+QUEUES_IN_ORDER = (WEBHOOK_QUEUE, BATCH_QUEUE, *QUEUE_BY_PRIORITY.values())
 
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"
 """Sorted set of unfinished job ids, scored by last change: the sweeper's index."""
@@ -82,3 +84,43 @@ def app_unfinished(app_id: str) -> str:
 def rejected_key(fingerprint: str) -> str:
     """Present (with a TTL) while a key the proxy answered 401/403 is refused; named by the key's fingerprint."""
     return f"{PREFIX}:key:rejected:{fingerprint}"
+
+
+# The OpenAI Files and Batch API (docs/batch.md). Ids are made by llmq (`file-…`, `batch_…`), never caller data.
+def file(file_id: str) -> str:
+    """Hash holding one file's record (the bytes are in the file store)."""
+    return f"{PREFIX}:file:{file_id}"
+
+
+def files_of(owner: str) -> str:
+    """Sorted set of one owner's file ids, scored by creation time: listing and pagination."""
+    return f"{PREFIX}:files:{owner}"
+
+
+def batch(batch_id: str) -> str:
+    """Hash holding one batch's record: status, counts, timestamps, the feeder's position."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batches_of(owner: str) -> str:
+    """Sorted set of one owner's batch ids, scored by creation time."""
+    return f"{PREFIX}:batches:{owner}"
+
+
+def batch_inflight(batch_id: str) -> str:
+    """Hash of a batch's lines in flight: job id -> line number. Its size is the feeder's window at most."""
+    return f"{PREFIX}:batch:{batch_id}:inflight"
+
+
+def batch_lock(batch_id: str) -> str:
+    """Held by the one worker stepping a batch at a time."""
+    return f"{PREFIX}:batch:{batch_id}:lock"
+
+
+ACTIVE_BATCHES = f"{PREFIX}:batches:active"
+"""Sorted set of unfinished batch ids, scored by their last step: the sweeper resumes stalled ones."""
+
+
+def breaker(environment: str) -> str:
+    """The circuit breaker shared by every worker for one proxy environment (worker.proxy.circuit_breaker)."""
+    return f"{PREFIX}:breaker:{environment}"

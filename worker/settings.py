@@ -200,6 +200,18 @@ class Settings(BaseSettings):
     )
     openai_max_wait_s: float = Field(3600, gt=0, description="Longest wait a call may ask for.")
 
+    # OpenAI Batch API (docs/batch.md): how a batch's lines are fed to the queue and its steps driven.
+    batch_window_lines: int = Field(
+        1000, ge=1, le=50_000, description="Lines of one batch queued or running at once: its Redis footprint."
+    )
+    batch_step_interval_s: float = Field(1.0, gt=0, description="Pause between two steps of a running batch.")
+    batch_stall_s: float = Field(
+        60, gt=0, description="A batch not stepped for this long is resumed by the sweeper (its step was lost)."
+    )
+    batch_completion_window_s: int = Field(
+        24 * 3600, ge=1, description="Length of the '24h' completion window; unfinished lines then expire."
+    )
+
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
     def _upstream_is_http(cls, value: str | None) -> str | None:

@@ -174,16 +174,19 @@ class _Periodic:
 
 
 class Sweeper(threading.Thread):
-    def __init__(self, rt: Runtime, publish: Publish, notify: Callable[[str], None]) -> None:
+    def __init__(
+        self, rt: Runtime, publish: Publish, notify: Callable[[str], None],
+        also: tuple[Callable[[], object], ...] = (),
+    ) -> None:
         super().__init__(name="llmq-sweeper", daemon=True)
         self.rt = rt
         self.publish = publish
         self.notify = notify
+        self.also = also  # further sweeps under the same lock (stalled batches)
         self.stopping = threading.Event()
         settings = rt.settings
         self.jobs = [
-            _Periodic(settings.sweep_interval_s, redis_keys.SWEEPER_LOCK,
-                      lambda: sweep(self.rt, self.publish, notify=self.notify)),
+            _Periodic(settings.sweep_interval_s, redis_keys.SWEEPER_LOCK, self._sweep),
             _Periodic(settings.deadline_check_s, redis_keys.DEADLINES_LOCK,
                       lambda: expire_overdue(self.rt, notify=self.notify)),
         ]
@@ -194,6 +197,11 @@ class Sweeper(threading.Thread):
         now = time.time()
         for job in self.jobs:
             job.schedule(now)
+
+    def _sweep(self) -> None:
+        sweep(self.rt, self.publish, notify=self.notify)
+        for extra in self.also:
+            extra()
 
     def run(self) -> None:
         while not self.stopping.wait(max(min(job.due_at for job in self.jobs) - time.time(), 0)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -10,7 +11,10 @@ from celery import Task
 from celery.exceptions import Reject
 
 from llmq.worker import redis_keys
+from llmq.worker.batches.runner import BatchRuntime, step
+from llmq.worker.batches.webhook import run_batch_delivery
 from llmq.worker.celery_app import app
+from llmq.worker.files.store import open_store
 from llmq.worker.job_runner import run_attempt, runtime
 from llmq.worker.jobs.record import job_error
 from llmq.worker.webhooks.delivery import run_delivery
@@ -80,3 +84,42 @@ def enqueue_many(jobs: list[tuple[str, str, str]]) -> None:
 
 def enqueue_delivery(job_id: str) -> None:
     deliver_webhook.apply_async(args=[job_id], queue=redis_keys.WEBHOOK_QUEUE)
+
+
+@functools.lru_cache(maxsize=1)
+def batch_runtime() -> BatchRuntime:
+    rt = runtime()
+    return BatchRuntime(rt, open_store(rt.settings), enqueue_many, enqueue_batch_delivery)
+
+
+@app.task(bind=True, name="llmq.batch_step", max_retries=None)
+def batch_step(self: Task, batch_id: str) -> str:
+    """One step of an OpenAI batch (validate, collect, feed, finalize); the next is scheduled while it runs."""
+    try:
+        more = step(batch_runtime(), batch_id)
+    except redis.RedisError as err:
+        raise Reject(f"job storage unavailable ({type(err).__name__})", requeue=True) from err
+    if more:
+        enqueue_batch_step(batch_id, countdown=runtime().settings.batch_step_interval_s)
+    return "more" if more else "done"
+
+
+def enqueue_batch_step(batch_id: str, countdown: float | None = None) -> None:
+    """Publish a batch's next step; the sweeper publishes one again for a batch whose chain was lost."""
+    batch_step.apply_async(args=[batch_id], queue=redis_keys.BATCH_QUEUE, countdown=countdown)
+
+
+@app.task(bind=True, name="llmq.deliver_batch_webhook", max_retries=None)
+def deliver_batch_webhook(self: Task, batch_id: str) -> str:
+    """POST a finished batch's event to its callback URL; retried on the webhook schedule."""
+    try:
+        step = run_batch_delivery(runtime(), batch_id)
+    except redis.RedisError as err:
+        raise Reject(f"job storage unavailable ({type(err).__name__})", requeue=True) from err
+    if step.again_in_s is not None:
+        raise self.retry(countdown=step.again_in_s)
+    return step.outcome
+
+
+def enqueue_batch_delivery(batch_id: str) -> None:
+    deliver_batch_webhook.apply_async(args=[batch_id], queue=redis_keys.WEBHOOK_QUEUE)

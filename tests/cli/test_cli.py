@@ -243,6 +243,36 @@ def test_batch_writes_results_in_input_order_and_reruns_without_new_jobs(
     assert len(mock_proxy.calls(model)) == 4  # no new job, no new proxy call
 
 
+def test_batch_through_the_batch_api_reports_bad_lines_and_reruns_without_new_work(
+    llmq: Run, mock_proxy: MockProxy, model: str, tmp_path: Path
+) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "one"}]}
+    source = tmp_path / "requests.jsonl"
+    source.write_text("\n".join([
+        json.dumps({"custom_id": "alpha", "method": "POST", "url": "/v1/chat/completions", "body": body}),
+        json.dumps({"custom_id": "broken", "body": {"model": model, "messages": []}}),
+        json.dumps({"model": model, "messages": [{"role": "user", "content": "three"}]}),  # custom_id = "3"
+    ]) + "\n")
+
+    first = llmq("batch", str(source), "--batch-api", "--no-progress")
+    assert first.returncode == 1, first.stderr  # one line is invalid: reported, and the others run
+    assert "line 2: body.messages must be a non-empty list" in first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["batch"].startswith("batch_") and summary["status"] == "completed"
+    assert (summary["total"], summary["succeeded"], summary["invalid"]) == (3, 2, 1)
+    records = [json.loads(text) for text in (tmp_path / "requests.out.jsonl").read_text().splitlines()]
+    assert [r["custom_id"] for r in records] == ["alpha", "broken", "3"]
+    assert records[0]["response"]["body"]["choices"][0]["message"]["content"] == "Echo: one"
+    assert records[1]["error"]["code"] == "invalid_request"
+    assert records[2]["response"]["body"]["choices"][0]["message"]["content"] == "Echo: three"
+    assert len(mock_proxy.calls(model)) == 2
+
+    again = llmq("batch", str(source), "--batch-api", "-o", str(tmp_path / "again.jsonl"), "--no-progress")
+    assert json.loads(again.stdout)["batch"] == summary["batch"]  # the same batch, found again
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "requests.out.jsonl").read_text()
+    assert len(mock_proxy.calls(model)) == 2  # no new work
+
+
 def test_doctor_passes_against_the_mock(llmq: Run, mock_proxy: MockProxy, model: str) -> None:
     result = llmq("doctor", "--base-url", mock_proxy.url, "--model", model)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -10,6 +10,7 @@ import redis
 
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
+from llmq.worker.batches.runner import resume_stalled
 from llmq.worker.job_runner import Runtime
 from llmq.worker.jobs.record import NewJob, new_job_id
 from llmq.worker.jobs.store import JobStore
@@ -169,3 +170,12 @@ def test_a_job_whose_deadline_is_ahead_is_left_alone(rt: Runtime) -> None:
     rt.redis.zadd(redis_keys.DEADLINES, {job_id: NOW + 60})
     assert expire_overdue(rt, now=NOW) == []
     assert rt.redis.zscore(redis_keys.DEADLINES, job_id) == NOW + 60
+def test_stalled_batches_get_a_step_again(rt: Runtime) -> None:
+    """A batch not stepped for `batch_stall_s` has lost its chain of steps: the sweeper publishes one."""
+    stall = rt.settings.batch_stall_s
+    rt.redis.zadd(redis_keys.ACTIVE_BATCHES, {"batch_stalled": NOW - stall - 1, "batch_alive": NOW - stall + 5})
+    published: list[str] = []
+    assert resume_stalled(rt, published.append, now=NOW) == ["batch_stalled"] == published
+    # Not again before another full period: its entry now scores the resume.
+    assert resume_stalled(rt, published.append, now=NOW + 1) == []
+    assert rt.redis.zscore(redis_keys.ACTIVE_BATCHES, "batch_stalled") == NOW

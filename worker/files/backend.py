@@ -31,8 +31,9 @@ class BlobWriter(Protocol):
 class Backend(Protocol):
     async def open_writer(self, key: str) -> BlobWriter: ...
 
-    def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
-        """The blob in chunks of at most `chunk_bytes`; raises ObjectNotFound before the first chunk."""
+    def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
+        """The blob from byte `start` in chunks of at most `chunk_bytes`; raises ObjectNotFound before the first
+        chunk. A `start` at or past the end gives no chunk."""
         ...
 
     async def put(self, key: str, data: bytes) -> None:

@@ -100,12 +100,14 @@ class DirectoryBackend:
         temp, handle = await asyncio.to_thread(_open_temp, path)
         return DirectoryWriter(temp, handle, path)
 
-    async def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    async def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
         try:
             handle = await asyncio.to_thread(open, self._path(key), "rb", buffering=0)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(key) from None
         try:
+            if start:
+                handle.seek(start)
             while chunk := await asyncio.to_thread(handle.read, chunk_bytes):
                 yield chunk
         finally:

@@ -139,13 +139,16 @@ class S3Backend:
     async def open_writer(self, key: str) -> S3Writer:
         return S3Writer(self, await self._s3(), self._key(key))
 
-    async def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    async def read(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
         client = await self._s3()
+        ranged = {"Range": f"bytes={start}-"} if start else {}
         try:
-            answer = await client.get_object(Bucket=self.bucket, Key=self._key(key))
+            answer = await client.get_object(Bucket=self.bucket, Key=self._key(key), **ranged)
         except ClientError as err:
             if _missing(err):
                 raise ObjectNotFound(key) from None
+            if start and str(err.response.get("Error", {}).get("Code")) == "InvalidRange":
+                return  # at or past the end: nothing more to read
             raise
         async with answer["Body"] as body:
             async for chunk in body.iter_chunks(chunk_bytes):

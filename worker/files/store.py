@@ -126,15 +126,18 @@ class FileStore:
         meta = json.loads(raw)
         return ObjectInfo(name, int(meta["size"]), int(meta["created_at"]), meta.get("expires_at"))
 
-    async def chunks(self, name: str, chunk_bytes: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:
-        """The object's bytes in chunks; raises ObjectNotFound before the first one."""
-        async for chunk in self.backend.read(OBJECTS + check_name(name), chunk_bytes):
+    async def chunks(self, name: str, chunk_bytes: int = READ_CHUNK_BYTES, start: int = 0) -> AsyncIterator[bytes]:
+        """The object's bytes from byte `start`, in chunks; raises ObjectNotFound before the first one."""
+        async for chunk in self.backend.read(OBJECTS + check_name(name), chunk_bytes, start):
             yield chunk
 
-    async def lines(self, name: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> AsyncIterator[bytes]:
-        """The object's lines without their `\\n`, a last unterminated one included; memory is one line."""
+    async def lines(
+        self, name: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, start: int = 0
+    ) -> AsyncIterator[bytes]:
+        """The object's lines from byte `start` (a line's first byte) without their `\\n`, a last unterminated
+        one included; memory is one line."""
         pending = bytearray()
-        async for chunk in self.chunks(name):
+        async for chunk in self.chunks(name, start=start):
             start = 0
             while (end := chunk.find(b"\n", start)) != -1:
                 if len(pending) + end - start > max_line_bytes:

@@ -248,3 +248,18 @@ def test_the_machines_aws_settings_do_not_reach_the_tests(s3_server: Any, monkey
         assert not {"AWS_PROFILE", "AWS_ACCESS_KEY_ID", "HTTPS_PROXY"} & set(os.environ)
         assert os.environ["AWS_CONFIG_FILE"] == os.devnull
     assert os.environ["AWS_PROFILE"] == "a-profile-of-this-machine"  # and the environment is restored
+
+
+@pytest.mark.parametrize(("start", "lines"), [
+    (0, [b"a", b"bb", b"ccc"]),
+    (2, [b"bb", b"ccc"]),  # the first byte of line 2: where the batch feeder resumes
+    (5, [b"ccc"]),
+    (8, []),  # the end
+    (50, []),  # past it
+])
+def test_lines_from_a_byte_offset(make_backend: MakeBackend, start: int, lines: list[bytes]) -> None:
+    async def scenario(store: FileStore) -> list[bytes]:
+        await store_bytes(store, "file-offset", b"a\nbb\nccc")
+        return [line async for line in store.lines("file-offset", start=start)]
+
+    assert run(make_backend, scenario) == lines

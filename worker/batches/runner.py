@@ -1,0 +1,387 @@
+"""A batch's steps on the worker: validate, feed lines as jobs, collect finished lines, finalize the files.
+
+One step at a time per batch (a Redis lock), each bounded by the window and idempotent: everything it needs
+is in Redis (the record, the lines in flight) and the file store (the input, the parts). A step that dies
+is simply taken again, by the next step of the chain or, when the chain itself is lost, by the sweeper
+(`resume_stalled`). See docs/batch.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from llmq.worker import redis_keys
+from llmq.worker.batches import output, scripts
+from llmq.worker.batches.record import TERMINAL
+from llmq.worker.celery_app import app as celery_app
+from llmq.worker.files import records as file_records
+from llmq.worker.files.names import new_file_id
+from llmq.worker.files.store import FileStore, ObjectNotFound
+from llmq.worker.job_runner import Runtime
+from llmq.worker.jobs.record import UNFINISHED, NewJob, dumps, new_job_id, state_event
+from llmq.worker.runtime.broker_message import call_proxy_message
+from llmq.worker.runtime.event_loop import wait
+
+log = logging.getLogger("llmq.batches")
+Publish = Callable[[list[tuple[str, str, str]]], None]
+LOCK_S = 300  # longer than any step: a finalize streams the whole file twice
+DEFAULT_OUTPUT_EXPIRY_S = 30 * 24 * 3600
+
+
+@dataclass
+class BatchRuntime:
+    rt: Runtime
+    files: FileStore
+    publish: Publish  # (job id, model, queue) triples, when the broker is not the job Redis
+    notify: Callable[[str], None] = lambda _: None  # publish the webhook delivery of a finished batch
+
+
+def step(brt: BatchRuntime, batch_id: str, now: float | None = None) -> bool:
+    """Move the batch on as far as it can go now; True while it has more to do (schedule another step)."""
+    rt = brt.rt
+    lock = rt.redis.lock(redis_keys.batch_lock(batch_id), timeout=LOCK_S, blocking=False)
+    if not lock.acquire():
+        return False  # another step holds it and keeps the chain going
+    try:
+        return _step(brt, batch_id, time.time() if now is None else now)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:  # outlived its timeout: another step may have run; nothing to undo
+            log.warning("batch step outlived its lock", extra={"batch_id": batch_id})
+
+
+def _fields(rt: Runtime, batch_id: str) -> dict[str, str]:
+    return cast(dict[str, str], rt.redis.hgetall(redis_keys.batch(batch_id)))
+
+
+def _step(brt: BatchRuntime, batch_id: str, now: float) -> bool:
+    rt = brt.rt
+    fields = _fields(rt, batch_id)
+    if not fields or fields["status"] in TERMINAL:
+        _ended(brt, batch_id)  # again, after a crash between the end and its webhook's publication
+        return False
+    rt.redis.zadd(redis_keys.ACTIVE_BATCHES, {batch_id: now})
+    if fields["status"] == "validating":
+        if not _validate(brt, fields, now):
+            return False
+        fields = _fields(rt, batch_id)
+    if fields["status"] in ("in_progress", "cancelling") and now >= float(fields["expires_at"]):
+        stop(rt, batch_id, "expired", now)
+        fields = _fields(rt, batch_id)
+    if fields["status"] in ("in_progress", "cancelling"):
+        ending = fields.get("ending", "")
+        if ending:
+            cancel_running(rt, batch_id, now)
+        _collect(brt, fields, now)
+        if not ending:
+            _feed(brt, fields, now)
+            fields = _fields(rt, batch_id)
+        drained = rt.redis.hlen(redis_keys.batch_inflight(batch_id)) == 0
+        all_fed = int(fields.get("fed") or 0) >= int(fields.get("total") or 0)
+        if drained and (ending or all_fed):
+            _advance(rt, batch_id, ("in_progress", "cancelling"), status="finalizing", finalizing_at=str(int(now)))
+            fields = _fields(rt, batch_id)
+    if fields["status"] == "finalizing":
+        _finalize(brt, fields, now)
+        return False
+    return True
+
+
+def _advance(rt: Runtime, batch_id: str, allowed: tuple[str, ...], **changes: str) -> bool:
+    args: list[str] = [f",{','.join(allowed)},"]
+    for pair in changes.items():
+        args += pair
+    return bool(rt.redis.eval(scripts.ADVANCE, 1, redis_keys.batch(batch_id), *args))
+
+
+def stop(rt: Runtime, batch_id: str, ending: str, now: float) -> str | None:
+    """Stop feeding the batch (the window ended, or a cancel); its queued lines are cancelled at once."""
+    status = "cancelling" if ending == "cancelled" else ""
+    stamp = "cancelling_at" if ending == "cancelled" else "expired_at"
+    before = rt.redis.eval(scripts.STOP, 3, redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id),
+                           redis_keys.ACTIVE_JOBS, repr(now), ending, status, stamp)
+    return cast(str | None, before or None)
+
+
+def cancel_running(rt: Runtime, batch_id: str, now: float) -> None:
+    """Lines whose call is under way when the batch stops: cancelled, so their results are dropped."""
+    for job_id in cast(list[str], rt.redis.hkeys(redis_keys.batch_inflight(batch_id))):
+        rt.store.transition(job_id, "cancelled", UNFINISHED, state_event("cancelled", now), now=now)
+
+
+def _ended(brt: BatchRuntime, batch_id: str) -> None:
+    """A batch just ended: its webhook goes out (the delivery's claim makes a second publication harmless)."""
+    if brt.rt.redis.hget(redis_keys.batch(batch_id), "callback_status") == "pending":
+        brt.notify(batch_id)
+    brt.rt.redis.zrem(redis_keys.ACTIVE_BATCHES, batch_id)
+
+
+def _fail(brt: BatchRuntime, batch_id: str, now: float, code: str, message: str) -> None:
+    errors = [{"code": code, "line": None, "message": message, "param": None}]
+    _advance(brt.rt, batch_id, ("validating", "in_progress", "cancelling", "finalizing"), status="failed",
+             failed_at=str(int(now)), errors=json.dumps(errors))
+    _ended(brt, batch_id)
+
+
+def _validate(brt: BatchRuntime, fields: dict[str, str], now: float) -> bool:
+    """The upload already checked every line; here the file must still be there, and its problems fail the batch."""
+    rt, batch_id = brt.rt, fields["id"]
+    problems = json.loads(fields.get("input_problems") or "[]")
+    if problems:
+        errors = [{"code": p["code"], "line": p["line"], "message": p["message"], "param": None} for p in problems]
+        _advance(rt, batch_id, ("validating",), status="failed", failed_at=str(int(now)), errors=json.dumps(errors))
+        _ended(brt, batch_id)
+        return False
+    if wait(brt.files.stat(fields["input_file_id"])) is None:
+        _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
+        return False
+    return _advance(rt, batch_id, ("validating",), status="in_progress", in_progress_at=str(int(now)))
+
+
+def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
+    """Queue the next lines as jobs, up to the window; the checkpoint moves in the same script."""
+    rt, batch_id = brt.rt, fields["id"]
+    window = rt.settings.batch_window_lines
+    free = window - rt.redis.hlen(redis_keys.batch_inflight(batch_id))
+    remaining = int(fields.get("total") or 0) - int(fields.get("fed") or 0)
+    # In quarters of the window, not line by line: fewer, larger feeds (each one script call).
+    if free <= 0 or remaining <= 0 or free < min(remaining, max(1, window // 4)):
+        return
+    if rt.breaker is not None and rt.breaker.open_for_s(fields["environment"], now) > 0:
+        return  # the proxy is down for everyone: new lines would only fail
+    start = int(fields.get("next_line") or 0)
+    try:
+        lines, last, offset = wait(_next_lines(brt.files, fields["input_file_id"], start,
+                                               int(fields.get("next_offset") or 0), free))
+    except ObjectNotFound:
+        _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
+        return
+    if last == start:
+        return
+    on_redis = rt.settings.effective_broker_url == rt.settings.redis_url
+    queue = redis_keys.QUEUE_BY_PRIORITY[fields.get("priority", "low")]  # type: ignore[index]
+    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS]
+    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset)]
+    jobs: list[NewJob] = []
+    for line_no, raw in lines:
+        data = json.loads(raw)
+        body = dict(data["body"])
+        body.pop("stream", None)  # a line's answer is one JSON body
+        job = NewJob(
+            id=new_job_id(), owner=fields["owner"], key_token=fields["key_token"], app_id=fields["app_id"],
+            model=body["model"], request_json=dumps(body), environment=fields["environment"],
+            priority=fields.get("priority", "low"),  # type: ignore[arg-type]
+            max_attempts=int(fields["max_attempts"]), created_at=now,
+        )
+        # No job `deadline`: the runner ends the window itself (unfinished lines are reported `batch_expired`),
+        # and a line job that ended `expired` on its own would be one more status to collect.
+        # `retry_until`: a proxy outage does not fail the line; it retries until the window ends (job_runner).
+        job_fields = {**job.fields, "batch_id": batch_id, "custom_id": data["custom_id"], "line": str(line_no),
+                      "retry_until": fields["expires_at"]}
+        message = call_proxy_message(celery_app, job.id, job.model, queue) if on_redis else ""
+        keys += [redis_keys.job(job.id), queue if on_redis else ""]
+        args += [len(job_fields), repr(now), job.id, str(line_no), message]
+        for pair in job_fields.items():
+            args += pair
+        jobs.append(job)
+    fed = rt.redis.eval(scripts.FEED, len(keys), *keys, *args)
+    if fed and not on_redis and jobs:
+        # Recorded first: if publishing fails, the sweeper publishes the queued jobs again.
+        brt.publish([(job.id, job.model, queue) for job in jobs])
+
+
+async def _next_lines(
+    files: FileStore, name: str, start: int, offset: int, wanted: int
+) -> tuple[list[tuple[int, bytes]], int, int]:
+    """Up to `wanted` request lines after physical line `start` (which ends at byte `offset`): the lines with
+    their numbers, the last line number read, and the byte after it. The file is read from the checkpoint on."""
+    found: list[tuple[int, bytes]] = []
+    line_no = start
+    reader = cast(AsyncGenerator[bytes, None], files.lines(name, start=offset))
+    async with aclosing(reader) as lines:  # closes the file when leaving early
+        async for raw in lines:
+            line_no += 1
+            offset += len(raw) + 1  # past a last line without "\n" too: nothing follows it
+            if raw.strip():
+                found.append((line_no, raw))
+                if len(found) == wanted:
+                    break
+    return found, line_no, offset
+
+
+def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
+    """Finished lines go to a part in the file store; only once it is committed are they counted and dropped."""
+    rt, batch_id = brt.rt, fields["id"]
+    inflight = cast(dict[str, str], rt.redis.hgetall(redis_keys.batch_inflight(batch_id)))
+    if not inflight:
+        return
+    pipe = rt.redis.pipeline(transaction=False)
+    for job_id in inflight:
+        pipe.hmget(redis_keys.job(job_id), ["status", "result", "error", "custom_id"])
+    out: list[str] = []
+    err: list[str] = []
+    done: list[str] = []
+    counts: dict[str, int] = {}
+    ending = fields.get("ending", "")
+    for job_id, (status, result, error, custom_id) in zip(inflight, pipe.execute(), strict=True):
+        line = inflight[job_id]
+        if status is None:  # the record expired: the finalizer reports the line as lost
+            done.append(job_id)
+        elif status == "succeeded":
+            result = result or "null"  # a succeeded job always has one; never write a line that is not JSON
+            out.append(f"{line}\t{output.succeeded_line(job_id, custom_id, result)}")
+            for name, value in output.usage_counts(json.loads(result)).items():
+                counts[name] = counts.get(name, 0) + value
+            counts["completed"] = counts.get("completed", 0) + 1
+            done.append(job_id)
+        elif status == "failed":
+            err.append(f"{line}\t{output.failed_line(job_id, custom_id, json.loads(error or '{}'))}")
+            counts["failed"] = counts.get("failed", 0) + 1
+            done.append(job_id)
+        elif status == "cancelled":
+            if not ending:  # cancelled on its own (DELETE /v1/jobs/{id}); a stopped batch's lines are told at the end
+                err.append(f"{line}\t{output.error_line(job_id, custom_id, 'cancelled', 'The job was cancelled.')}")
+                counts["failed"] = counts.get("failed", 0) + 1
+            done.append(job_id)
+    if not done:
+        return
+    expires_at = int(now) + int(fields.get("output_expires_s") or DEFAULT_OUTPUT_EXPIRY_S)
+    for kind, lines in (("out", out), ("err", err)):
+        if lines:
+            wait(_write_part(brt.files, f"{batch_id}/parts/{kind}-{time.time_ns()}-{secrets.token_hex(4)}",
+                             lines, expires_at))
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.hdel(redis_keys.batch_inflight(batch_id), *done)
+    for job_id in done:
+        pipe.delete(redis_keys.job(job_id), redis_keys.job_events(job_id))
+        pipe.zrem(redis_keys.ACTIVE_JOBS, job_id)
+    for name, value in counts.items():
+        pipe.hincrby(redis_keys.batch(batch_id), name, value)
+    pipe.execute()
+
+
+async def _write_part(files: FileStore, name: str, lines: list[str], expires_at: int) -> None:
+    async with files.writer(name) as writer:
+        await writer.write(("\n".join(lines) + "\n").encode())
+        await writer.commit(expires_at=expires_at)
+
+
+def _finalize(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
+    """Write the output and error files from the parts, each line once; record them; end the batch."""
+    rt, batch_id = brt.rt, fields["id"]
+    expires_at = int(now) + int(fields.get("output_expires_s") or DEFAULT_OUTPUT_EXPIRY_S)
+    ending = fields.get("ending", "")
+    try:
+        written = wait(_write_outputs(brt.files, fields, expires_at, ending))
+    except ObjectNotFound:
+        _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
+        return
+    pipe = rt.redis.pipeline(transaction=True)
+    ids: dict[str, str] = {}
+    for kind, (file_id, size) in written.files.items():
+        record = file_records.new_file_fields(file_id, fields["owner"], size, now,
+                                              f"{batch_id}_{kind}.jsonl", file_records.OUTPUT_PURPOSE, expires_at)
+        pipe.hset(redis_keys.file(file_id), mapping=cast(Any, record))
+        pipe.expire(redis_keys.file(file_id), file_records.record_ttl_s(expires_at, now))
+        pipe.zadd(redis_keys.files_of(fields["owner"]), {file_id: now})
+        ids[f"{kind}_file_id"] = file_id
+    pipe.execute()
+    final = ending or "completed"
+    failed = int(fields.get("failed") or 0) + written.unseen
+    if _advance(rt, batch_id, ("finalizing",), status=final, **{f"{final}_at": str(int(now))},
+                failed=str(failed), **ids):
+        log.info("batch %s %s", batch_id, final, extra={"batch_id": batch_id})
+    wait(_delete_parts(brt.files, batch_id))
+    rt.redis.delete(redis_keys.batch_inflight(batch_id))
+    _ended(brt, batch_id)
+
+
+@dataclass
+class Written:
+    files: dict[str, tuple[str, int]]  # "output" | "error" -> (file id, bytes)
+    unseen: int  # request lines with no result: expired, cancelled or lost
+
+
+async def _write_outputs(files: FileStore, fields: dict[str, str], expires_at: int, ending: str) -> Written:
+    """Stream the parts (first occurrence of each line wins), then the input for lines never finished."""
+    batch_id = fields["id"]
+    seen = bytearray(int(fields.get("lines") or 0) // 8 + 1)
+    out_id, err_id = new_file_id(), new_file_id()
+    unseen = 0
+    result: dict[str, tuple[str, int]] = {}
+    async with files.writer(out_id) as out, files.writer(err_id) as err:
+        names = [name async for name in files.names(f"{batch_id}/parts/")]
+        for name in names:
+            target = out if "/parts/out-" in name else err
+            async for raw in files.lines(name):
+                number, _, line = raw.partition(b"\t")
+                n = int(number)
+                if n // 8 >= len(seen):
+                    seen.extend(bytes(n // 8 - len(seen) + 1))
+                if seen[n // 8] & (1 << (n % 8)):
+                    continue  # a line that ran twice (its part committed, then its worker died)
+                seen[n // 8] |= 1 << (n % 8)
+                await target.write(line + b"\n")
+        code, message = output.ENDING_ERRORS[ending]
+        line_no = 0
+        async for raw in files.lines(fields["input_file_id"]):
+            line_no += 1
+            if not raw.strip() or (line_no // 8 < len(seen) and seen[line_no // 8] & (1 << (line_no % 8))):
+                continue
+            custom_id = _custom_id(raw)
+            if custom_id is None:  # not a request (a batch stopped before its validation failed it)
+                continue
+            await err.write((output.error_line(None, custom_id, code, message) + "\n").encode())
+            unseen += 1
+        for kind, writer, file_id in (("output", out, out_id), ("error", err, err_id)):
+            if writer.size:
+                info = await writer.commit(expires_at=expires_at)
+                result[kind] = (file_id, info.size)
+    return Written(result, unseen)
+
+
+def _custom_id(raw: bytes) -> str | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    custom_id = data.get("custom_id") if isinstance(data, dict) else None
+    return custom_id if isinstance(custom_id, str) and custom_id else None
+
+
+async def _delete_parts(files: FileStore, batch_id: str) -> None:
+    names = [name async for name in files.names(f"{batch_id}/parts/")]
+    for name in names:
+        await files.delete(name)
+
+
+def resume_stalled(rt: Runtime, publish_step: Callable[[str], None], now: float | None = None) -> list[str]:
+    """Batches not stepped for `batch_stall_s`: their chain of steps was lost with a worker; start it again."""
+    now = time.time() if now is None else now
+    stalled = cast(list[str], rt.redis.zrangebyscore(
+        redis_keys.ACTIVE_BATCHES, 0, now - rt.settings.batch_stall_s, start=0, num=100))
+    for batch_id in stalled:
+        rt.redis.zadd(redis_keys.ACTIVE_BATCHES, {batch_id: now})
+        publish_step(batch_id)
+    if stalled:
+        log.warning("resumed %d stalled batch(es)", len(stalled))
+    return stalled
+
+
+
+def sweep_files(files: FileStore) -> int:
+    """Delete the file store's expired objects (uploads, outputs, parts a crash left), a bounded batch per sweep."""
+    result = wait(files.sweep_expired())
+    if result.deleted:
+        log.info("file store: %d expired object(s) deleted", result.deleted)
+    return result.deleted

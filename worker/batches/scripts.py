@@ -1,0 +1,76 @@
+"""Lua scripts that change a batch atomically with its lines' jobs.
+
+The status check and the change it guards happen in one script, so a cancel (or the window's end) recorded
+before a feed means the feed queues nothing, and one recorded after it finds every fed job in `inflight`.
+"""
+
+from __future__ import annotations
+
+from llmq.worker import redis_keys
+
+# KEYS: batch, inflight, active jobs, then per job: job, queue ('' to publish separately)
+# ARGV: expected next_line, new next_line, ttl_s, new next_offset (the byte after the last line read),
+#       then per job: pair_count, now, job_id, line, message, field, value…
+# Records the jobs of the next lines and moves the checkpoint, only if the batch is still running undisturbed
+# and nobody fed these lines already. Returns the number of jobs recorded (0: refused).
+FEED = """
+local b = redis.call('HMGET', KEYS[1], 'status', 'ending', 'next_line')
+if b[1] ~= 'in_progress' or (b[2] and b[2] ~= '') or (b[3] or '0') ~= ARGV[1] then return 0 end
+local ttl, a, n = ARGV[3], 5, 0
+for k = 4, #KEYS, 2 do
+  local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
+  local now, id, line, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
+  redis.call('EXPIRE', KEYS[k], ttl)
+  redis.call('ZADD', KEYS[3], now, id)
+  if KEYS[k + 1] ~= '' then redis.call('LPUSH', KEYS[k + 1], message) end
+  redis.call('HSET', KEYS[2], id, line)
+  n = n + 1
+  a = pairs_end + 1
+end
+redis.call('HSET', KEYS[1], 'next_line', ARGV[2], 'next_offset', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'fed', n)
+return n
+"""
+
+# KEYS: batch, inflight, active jobs
+# ARGV: now, ending (cancelled | expired), status to move to ('cancelling' | ''), timestamp field
+# Stops the batch: no feed passes after this. Lines still queued or waiting for a retry are cancelled here,
+# in the same step, so no new proxy call starts for them; lines whose call is under way are cancelled by the
+# caller next (their result is dropped). Returns the status before, or false if the batch had already ended.
+STOP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'validating' and status ~= 'in_progress' then return false end
+local ending = redis.call('HGET', KEYS[1], 'ending')
+if ending and ending ~= '' then return status end
+local changes = {'ending', ARGV[2], ARGV[4], ARGV[1]}
+if ARGV[3] ~= '' then
+  table.insert(changes, 'status')
+  table.insert(changes, ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(changes))
+local inflight = redis.call('HKEYS', KEYS[2])
+for _, id in ipairs(inflight) do
+  local job = JOB_KEY_PREFIX .. id
+  local s = redis.call('HGET', job, 'status')
+  if s == 'queued' or s == 'retrying' then
+    redis.call('HSET', job, 'status', 'cancelled', 'updated_at', ARGV[1], 'finished_at', ARGV[1])
+    redis.call('HDEL', job, 'next_attempt_at')
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
+return status
+"""
+
+# KEYS: batch
+# ARGV: allowed statuses (',a,b,'), field, value, ...
+# Returns the status before the change, or false if it was not allowed.
+ADVANCE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(ARGV[1], ',' .. status .. ',', 1, true) then return false end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return status
+"""
+
+# Job keys are built in the script from the ids in `inflight` (a Redis cluster would need them as KEYS).
+STOP = STOP.replace("JOB_KEY_PREFIX", repr(redis_keys.job("")))
