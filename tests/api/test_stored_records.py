@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -101,6 +102,20 @@ def store(stack: Stack, job_id: str, fields: dict[str, str | bytes]) -> None:
         raw.delete(redis_keys.job(job_id))
         raw.hset(redis_keys.job(job_id), mapping=fields)  # type: ignore[arg-type]
         raw.expire(redis_keys.job(job_id), 600)
+    finally:
+        raw.close()
+
+
+@pytest.fixture(autouse=True)
+def forget_damaged_records(stack: Stack) -> Iterator[None]:
+    """The damaged records go when the test ends: other tests read every job of the shared stack."""
+    before = set(stack.redis.scan_iter("llmq:job:*", count=10_000))
+    yield
+    raw = redis.Redis.from_url(stack.redis_url)
+    try:
+        left = {key for key in raw.scan_iter("llmq:job:*", count=10_000)} - {key.encode() for key in before}
+        if left:
+            raw.delete(*left)
     finally:
         raw.close()
 
