@@ -79,6 +79,13 @@ def app_unfinished(app_id: str) -> str:
     return f"{PREFIX}:quota:app:{name_part(app_id)}"
 
 
+def owner_jobs(owner: str) -> str:
+    """Sorted set of one owner's jobs (finished or not), scored by submission time: what `GET /v1/jobs` lists.
+
+    Named by the owner id (a fingerprint of the key, never the key); trimmed of entries older than a record's TTL."""
+    return f"{PREFIX}:owner:{owner}:jobs"
+
+
 def rejected_key(fingerprint: str) -> str:
     """Present (with a TTL) while a key the proxy answered 401/403 is refused; named by the key's fingerprint."""
     return f"{PREFIX}:key:rejected:{fingerprint}"

@@ -29,11 +29,13 @@ _TERMINAL_TABLE = "local terminal = {" + ", ".join(f"{status} = true" for status
 # maxmemory, before its first write, where a script without it would be stopped at its first write that needs
 # memory, after the ones that did not. Everything that can fail or refuse (the idempotency keys' reads, the
 # quotas, the keys the proxy rejected) is read before the first write; a script stopped midway is not undone.
-# Per caller (one owner and its app id): its rejected-key marker and its app's quota set; per job, its record.
-# KEYS: active, known apps, unknown apps' quota set, deadlines; per caller: rejected marker, app quota set;
-#       per job: job, idempotency ('' for none), broker queue ('' to publish separately)
-# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count; per caller: app name, flags ('k': the app id
-#       is known, no need to look; 'r': look for the rejected-key marker; the API skips what it looked at lately);
+# Per caller (one owner and its app id): its rejected-key marker, its app's quota set and its own jobs' index (the
+# listing's: every job of the owner, finished or not, scored by submission time); per job, its record.
+# KEYS: active, known apps, unknown apps' quota set, deadlines; per caller: rejected marker, app quota set, owner's
+#       index; per job: job, idempotency ('' for none), broker queue ('' to publish separately)
+# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count, owner index's TTL; per caller: app name, flags
+#       ('k': the app id is known, no need to look; 'r': look for the rejected-key marker; 't': trim the owner's
+#       index of entries older than a record's TTL and renew its own TTL; the API skips what it did lately);
 #       per job: caller index, pair_count, now, job_id, broker message, deadline ('' for none), field, value, ...
 # No event is written here: a job's `queued` event is always told from its record (api.event_history).
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay), or its caller's refusal:
@@ -43,8 +45,9 @@ SUBMIT = """#!lua
 local active, known, unknown, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, stale_before = ARGV[1], ARGV[2]
 local app_limit, unknown_limit, callers = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local index_ttl = ARGV[6]
 local jobs, need, seen = {}, {}, {}
-local k, a = 5 + 2 * callers, 6 + 2 * callers
+local k, a = 5 + 3 * callers, 7 + 2 * callers
 while k <= #KEYS do
   local job = {c = tonumber(ARGV[a]), key = KEYS[k], idem = KEYS[k + 1], queue = KEYS[k + 2],
                now = ARGV[a + 2], id = ARGV[a + 3], message = ARGV[a + 4], deadline = ARGV[a + 5]}
@@ -60,13 +63,13 @@ end
 local refusal, quota_of, counts, known_apps = {}, {}, {}, {}
 for c = 1, callers do
   if need[c] then
-    local flags = ARGV[5 + 2 * c]
-    local left = string.find(flags, 'r', 1, true) and redis.call('PTTL', KEYS[3 + 2 * c]) or -2
+    local flags = ARGV[6 + 2 * c]
+    local left = string.find(flags, 'r', 1, true) and redis.call('PTTL', KEYS[2 + 3 * c]) or -2
     if left > 0 then
       refusal[c] = '!rejected_key:' .. left
     else
-      local set, limit, name = KEYS[4 + 2 * c], app_limit, '!app_quota'
-      if not string.find(flags, 'k', 1, true) and redis.call('SISMEMBER', known, ARGV[4 + 2 * c]) == 0 then
+      local set, limit, name = KEYS[3 + 3 * c], app_limit, '!app_quota'
+      if not string.find(flags, 'k', 1, true) and redis.call('SISMEMBER', known, ARGV[5 + 2 * c]) == 0 then
         set, limit, name = unknown, unknown_limit, '!unknown_app_quota'
       end
       known_apps[c] = set ~= unknown and 'k' or '-'
@@ -90,7 +93,7 @@ local function bulk(command, key, items)
     redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
   end
 end
-local ids, entries, by_set, by_queue, due = {}, {}, {}, {}, {}
+local ids, entries, by_set, by_owner, by_queue, due = {}, {}, {}, {}, {}, {}
 for i, job in ipairs(jobs) do
   if job.existing then
     ids[i] = job.existing
@@ -112,6 +115,9 @@ for i, job in ipairs(jobs) do
     by_set[set] = by_set[set] or {}
     table.insert(by_set[set], job.now)
     table.insert(by_set[set], job.id)
+    by_owner[job.c] = by_owner[job.c] or {}
+    table.insert(by_owner[job.c], job.now)
+    table.insert(by_owner[job.c], job.id)
     if job.queue ~= '' then
       by_queue[job.queue] = by_queue[job.queue] or {}
       table.insert(by_queue[job.queue], job.message)
@@ -122,6 +128,15 @@ end
 bulk('ZADD', active, entries)
 bulk('ZADD', deadlines, due)
 for set, items in pairs(by_set) do bulk('ZADD', set, items) end
+for c, items in pairs(by_owner) do
+  local index = KEYS[4 + 3 * c]
+  bulk('ZADD', index, items)
+  -- Kept bounded: what is older than a record's TTL lists nothing; the key outlives its newest entry's record.
+  if string.find(ARGV[6 + 2 * c], 't', 1, true) then
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. stale_before)
+    redis.call('EXPIRE', index, index_ttl)
+  end
+end
 for queue, messages in pairs(by_queue) do bulk('LPUSH', queue, messages) end
 local told = {}
 for c = 1, callers do told[c] = known_apps[c] or '-' end
