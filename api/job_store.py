@@ -83,8 +83,13 @@ def _refusal(reply: str) -> Refusal:
 
 
 class AsyncJobStore:
-    def __init__(self, client: aioredis.Redis, ttl_s: int, quotas: Quotas, memory: MemoryGuard) -> None:
+    def __init__(
+        self, client: aioredis.Redis, ttl_s: int, quotas: Quotas, memory: MemoryGuard,
+        fair_direct_jobs: int | None = None,
+    ) -> None:
         self.redis = client
+        # With fair turns: how many unfinished jobs an app id may have before new ones wait in its ready lists.
+        self.fair_direct_jobs = fair_direct_jobs
         self.memory = memory  # checked by the submission (api.submission) before the script runs
         self.ttl_s = ttl_s
         self.quotas = quotas
@@ -169,9 +174,10 @@ class AsyncJobStore:
             for pair in fields.items():
                 job_args += pair
         keys_ = [redis_keys.ACTIVE_JOBS, redis_keys.KNOWN_APPS, redis_keys.UNKNOWN_APPS_UNFINISHED,
-                 redis_keys.DEADLINES, *caller_keys, *job_keys]
+                 redis_keys.DEADLINES, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL, *caller_keys, *job_keys]
         args = [self.ttl_s, repr(time.time() - self.ttl_s), self.quotas.app_max, self.quotas.unknown_apps_max,
-                len(callers), self.ttl_s + 2 * int(OWNER_INDEX_TRIM_S), *caller_args, *job_args]
+                len(callers), self.ttl_s + 2 * int(OWNER_INDEX_TRIM_S),
+                "" if self.fair_direct_jobs is None else self.fair_direct_jobs, *caller_args, *job_args]
         return {"keys": keys_, "args": args}, list(callers), apps
 
     async def forget(self, submissions: list[Submission]) -> None:

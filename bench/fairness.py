@@ -5,8 +5,8 @@ submits `--small` jobs one POST at a time. B's wait is the time from its POST to
 (the mock's call log); A's throughput is its jobs over the time from its batch to its last call's start plus one
 call. Runs on loopback with a private Redis, mock proxy, API and worker, all stopped at the end.
 
-Only the order llmq runs today (first in, first out within a priority) is measured: fair turns between apps are
-designed in docs/fairness.md and not built yet.
+Runs the scenario twice: first in, first out (LLMQ_FAIR_TURNS=false), then with fair turns; prints both and A's
+throughput with fair turns over A's first-in first-out throughput.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(flood: int, small: int, slots: int, late_s: float, latency_ms: int) -> dict[str, Any]:
-    with BenchStack("fairness", concurrency=slots) as stack:
+def run(flood: int, small: int, slots: int, late_s: float, latency_ms: int, fair: bool) -> dict[str, Any]:
+    with BenchStack("fairness-fair" if fair else "fairness-fifo", concurrency=slots) as stack:
         stack.start_mock(latency_ms)
-        api = stack.start_api()
-        stack.start_worker()
+        env = {**stack.env(), "LLMQ_FAIR_TURNS": "true" if fair else "false"}
+        api = stack.start_api(env)
+        stack.start_worker(env)
         assert stack.redis is not None
         mock_admin = httpx2.Client(base_url=stack.mock_url.split("/openai-compatible")[0], timeout=30)
         with httpx2.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {FLOOD_KEY}"}) as a, \
@@ -73,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--late-s", type=float, default=2.0, help="how long after A's batch B submits (default 2)")
     parser.add_argument("--latency-ms", type=int, default=1000, help="the mock proxy's call time (default 1000)")
     args = parser.parse_args(argv)
-    figures = run(args.flood, args.small, args.slots, args.late_s, args.latency_ms)
-    print(f"first in, first out: B's wait p50 {figures['small_wait_p50_s']:.2f} s, "
-          f"p99 {figures['small_wait_p99_s']:.2f} s; A {figures['flood_jobs_per_s']:.2f} jobs/s over "
-          f"{figures['flood_span_s']:.1f} s (at most {figures['ideal_flood_jobs_per_s']:.0f} jobs/s)")
+    runs = {name: run(args.flood, args.small, args.slots, args.late_s, args.latency_ms, fair)
+            for name, fair in (("first in, first out", False), ("fair turns", True))}
+    for name, figures in runs.items():
+        print(f"{name}: B's wait p50 {figures['small_wait_p50_s']:.2f} s, p99 {figures['small_wait_p99_s']:.2f} s; "
+              f"A {figures['flood_jobs_per_s']:.2f} jobs/s over {figures['flood_span_s']:.1f} s "
+              f"(at most {figures['ideal_flood_jobs_per_s']:.0f} jobs/s)")
+    fifo, fair = runs.values()
+    print(f"A's throughput with fair turns / first in, first out: "
+          f"{fair['flood_jobs_per_s'] / fifo['flood_jobs_per_s']:.3f}")
     return 0
 
 

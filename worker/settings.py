@@ -194,6 +194,18 @@ class Settings(BaseSettings):
     redis_high_water: float = Field(
         0.9, gt=0, le=1, description="Fraction of Redis's maxmemory above which new jobs are refused (503)."
     )
+    # Fair turns between app ids (docs/fairness.md): Redis broker only.
+    fair_turns: bool = Field(
+        False, description="Give a freed worker slot to the app id that has had the fewest calls started lately "
+                           "(by weight) rather than to the oldest job; needs the Redis broker."
+    )
+    fair_direct_jobs: int = Field(
+        4, ge=0, description="With fair turns, an app id's jobs go straight to the workers' queue while it has fewer "
+                             "unfinished jobs than this; the rest wait in its own ready lists for a turn."
+    )
+    app_weights: str | None = Field(
+        None, description="Turns per app id relative to the others, like '1234=3,*=1' (1 for any app id not listed)."
+    )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
@@ -238,7 +250,7 @@ class Settings(BaseSettings):
         AllowList.parse(value)
         return value
 
-    @field_validator("model_concurrency", "app_concurrency", "model_rpm", "app_rpm")
+    @field_validator("model_concurrency", "app_concurrency", "model_rpm", "app_rpm", "app_weights")
     @classmethod
     def _limits(cls, value: str | None) -> str | None:
         LimitTable.parse(value)

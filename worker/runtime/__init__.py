@@ -29,6 +29,8 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
 - `broker_message`: no private name, but a copy of the JSON kombu's Redis transport pushes; its test compares
   it with a message Celery publishes. Retired by nothing: submitting in one script needs it.
 - `event_loop`, `gc_tuning`: public APIs only (uvloop, greenback, `gc`).
+- `fair_turns`: no library at all: the weights and quantum `redis_transport`'s `TAKE` is given for fair turns
+  between app ids (docs/fairness.md).
 
 Outside this package, two modules lean on private behaviour too, listed here and checked by the same test:
 - `llmq.api.redis_client` overrides `redis.asyncio.Connection.pack_command`, relying on `send_command`
