@@ -32,10 +32,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(flood: int, small: int, slots: int, late_s: float, latency_ms: int, fair: bool) -> dict[str, Any]:
+def run(
+    flood: int, small: int, slots: int, late_s: float, latency_ms: int, fair: bool, direct_jobs: int
+) -> dict[str, Any]:
     with BenchStack("fairness-fair" if fair else "fairness-fifo", concurrency=slots) as stack:
         stack.start_mock(latency_ms)
-        env = {**stack.env(), "LLMQ_FAIR_TURNS": "true" if fair else "false"}
+        env = {**stack.env(), "LLMQ_FAIR_TURNS": "true" if fair else "false",
+               "LLMQ_FAIR_DIRECT_JOBS": str(direct_jobs)}
         api = stack.start_api(env)
         stack.start_worker(env)
         assert stack.redis is not None
@@ -73,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=20, help="the worker's slots (default 20)")
     parser.add_argument("--late-s", type=float, default=2.0, help="how long after A's batch B submits (default 2)")
     parser.add_argument("--latency-ms", type=int, default=1000, help="the mock proxy's call time (default 1000)")
+    parser.add_argument("--direct-jobs", type=int, default=4,
+                        help="LLMQ_FAIR_DIRECT_JOBS (default 4; 0 sends B's jobs through the ready lists too)")
     args = parser.parse_args(argv)
-    runs = {name: run(args.flood, args.small, args.slots, args.late_s, args.latency_ms, fair)
+    runs = {name: run(args.flood, args.small, args.slots, args.late_s, args.latency_ms, fair, args.direct_jobs)
             for name, fair in (("first in, first out", False), ("fair turns", True))}
     for name, figures in runs.items():
         print(f"{name}: B's wait p50 {figures['small_wait_p50_s']:.2f} s, p99 {figures['small_wait_p99_s']:.2f} s; "
