@@ -41,6 +41,10 @@ idle worker taking one job at a time costs two commands a job that way, where a 
 would cost two more. A crash in the instant between a `BRPOP` and its record leaves that message to the sweeper,
 as every delivery could with kombu's transport.
 
+With fair turns between app ids (docs/fairness.md), `TAKE` also takes from the apps' ready lists once the broker
+queues are empty, and a waiting worker's `BRPOP` also waits on the doorbell the submit script rings when an app's
+lists fill from empty; a token, or the `BRPOP`'s timeout, sends it back to `TAKE`.
+
 And a worker's takes leave out the queues of a lane whose slots are all taken, and pop no more than the
 fullest lane among those queues has room for (`llmq.worker.runtime.lanes`): slow webhook deliveries never take
 messages into slots that proxy calls need, nor the other way round.
