@@ -29,6 +29,9 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
 - `broker_message`: no private name, but a copy of the JSON kombu's Redis transport pushes; its test compares
   it with a message Celery publishes. Retired by nothing: submitting in one script needs it.
 - `event_loop`, `gc_tuning`: public APIs only (uvloop, greenback, `gc`).
+- `lanes`: relies on Celery passing a pool the task's name as the tracer's first argument, and on kombu's Redis
+  channel taking the queues of each BRPOP from its `_queue_cycle.consume` (both pinned in
+  `tests/worker/runtime/test_lanes.py`). Retired by a per-queue prefetch in Celery.
 - `fair_turns`: no library at all: the weights and quantum `redis_transport`'s `TAKE` is given for fair turns
   between app ids (docs/fairness.md).
 

@@ -371,7 +371,7 @@ class Channel(kombu_redis.Channel):
             # No more than the prefetch allows, nor than the fullest lane of these queues has slots for.
             free = self.qos.can_consume_max_estimate()  # None: no prefetch limit
             room = self._lanes.room(queues)
-            count = max(1, min(TAKE_MAX, *(n for n in (free, room) if n is not None)))
+            count = max(1, min([TAKE_MAX, *(n for n in (free, room) if n is not None)]))  # min() of one int fails
             fair_args = self._fair.take_args(fair) if self._fair else NO_FAIR_TURNS
             self.client.connection.send_command(
                 "EVALSHA", TAKE_SHA, 3 + len(keys), self.unacked_index_key, redis_keys.FAIR_APPS,
