@@ -22,6 +22,9 @@ StreamEntries = list[tuple[str, dict[str, str]]]
 # submissions within it skip that look-up. App ids found known are not looked up again (an app id stays known).
 REJECTED_RECHECK_S = 1.0
 CALLER_CACHE_SIZE = 10_000
+# An owner's index of jobs (the listing's) is trimmed by a submission at most this often per API process; the index
+# key lives this much longer than a record, so it never expires before the newest job it lists.
+OWNER_INDEX_TRIM_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,29 @@ class Quotas:
 
 
 @dataclass(frozen=True)
+class JobPage:
+    """One page of an owner's jobs, newest first: records (with their `id`), and where the next page starts."""
+
+    records: list[dict[str, str]]
+    has_more: bool
+    next_after: str | None  # the last job this page looked at: pass it as `after` for the next page
+
+
+class UnknownCursor(Exception):
+    """`after` names no job in the caller's listing (unknown, older than a record's TTL, or another key's)."""
+
+
+# A listing reads at most this many entries of the owner's index (and their records): a status filter that matches
+# few jobs answers a short page with `has_more` and a cursor rather than reading on.
+LIST_SCAN_MAX = 1000
+LIST_READ_CHUNK = 100
+# The fields a listing shows (a job's result, attempts and deliveries are read with GET /v1/jobs/{id}).
+LISTED_FIELDS = ("owner", "status", "model", "environment", "priority", "max_attempts", "stream", "created_at",
+                 "updated_at", "started_at", "finished_at", "next_attempt_at", "deadline", "metadata", "error",
+                 "callback", "callback_status")
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Why the submit script recorded none of a caller's jobs: its quota is used up, or the proxy rejected its key."""
 
@@ -57,8 +83,13 @@ def _refusal(reply: str) -> Refusal:
 
 
 class AsyncJobStore:
-    def __init__(self, client: aioredis.Redis, ttl_s: int, quotas: Quotas, memory: MemoryGuard) -> None:
+    def __init__(
+        self, client: aioredis.Redis, ttl_s: int, quotas: Quotas, memory: MemoryGuard,
+        fair_direct_jobs: int | None = None,
+    ) -> None:
         self.redis = client
+        # With fair turns: how many unfinished jobs an app id may have before new ones wait in its ready lists.
+        self.fair_direct_jobs = fair_direct_jobs
         self.memory = memory  # checked by the submission (api.submission) before the script runs
         self.ttl_s = ttl_s
         self.quotas = quotas
@@ -69,6 +100,7 @@ class AsyncJobStore:
         # What the submit script told lately, so that it need not look again (bounded: cleared when full):
         self._known_apps: set[str] = set()  # app ids the proxy accepted (an app id stays known)
         self._not_rejected_at: dict[str, float] = {}  # owner -> when its key was last found not rejected
+        self._index_trimmed_at: dict[str, float] = {}  # owner -> when a submission last trimmed its index
         # Single submissions arriving together share a round trip (see api.group_commit).
         self.submit_one: GroupCommit[Submission, str | Refusal] = GroupCommit(self.submit_many, max_items=1000)
 
@@ -92,6 +124,8 @@ class AsyncJobStore:
             self._known_apps.clear()
         if len(self._not_rejected_at) >= CALLER_CACHE_SIZE:
             self._not_rejected_at.clear()
+        if len(self._index_trimmed_at) >= CALLER_CACHE_SIZE:
+            self._index_trimmed_at.clear()
         self._known_apps.update(app for app, flag in zip(apps, known, strict=True) if flag == "k")
         rejected = {s.job.owner for s, a in zip(submissions, answers, strict=True)
                     if isinstance(a, Refusal) and a.reason == "rejected_key"}
@@ -99,6 +133,10 @@ class AsyncJobStore:
         for owner in owners:
             if owner not in rejected:
                 self._not_rejected_at.setdefault(owner, now)
+        # The script trims an owner's index only where it added to it: where a job of the owner was recorded.
+        for submission, answer in zip(submissions, answers, strict=True):
+            if answer == submission.job.id:
+                self._index_trimmed_at.setdefault(submission.job.owner, now)
 
     def _submit_call(self, submissions: list[Submission]) -> tuple[dict[str, Any], list[str], list[str]]:
         """The script's keys and arguments; the callers' owners and app ids, in the script's order."""
@@ -114,14 +152,20 @@ class AsyncJobStore:
             caller = callers.get(job.owner)
             if caller is None:
                 caller = callers[job.owner] = len(callers) + 1
-                caller_keys += [redis_keys.rejected_key(job.owner), redis_keys.app_unfinished(job.app_id)]
+                caller_keys += [redis_keys.rejected_key(job.owner), redis_keys.app_unfinished(job.app_id),
+                                redis_keys.owner_jobs(job.owner)]
                 apps.append(job.app_id)
                 known = job.app_id in self.quotas.trusted_app_ids or job.app_id in self._known_apps
                 checked_at = self._not_rejected_at.get(job.owner)
                 if checked_at is not None and now - checked_at >= REJECTED_RECHECK_S:
                     del self._not_rejected_at[job.owner]
                     checked_at = None
-                caller_args += [redis_keys.name_part(job.app_id), ("k" if known else "") + ("" if checked_at else "r")]
+                trimmed_at = self._index_trimmed_at.get(job.owner)
+                if trimmed_at is not None and now - trimmed_at >= OWNER_INDEX_TRIM_S:
+                    del self._index_trimmed_at[job.owner]
+                    trimmed_at = None
+                caller_args += [redis_keys.name_part(job.app_id),
+                                ("k" if known else "") + ("" if checked_at else "r") + ("" if trimmed_at else "t")]
             idem = redis_keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.fields
             job_keys += [redis_keys.job(job.id), idem, submission.queue or ""]
@@ -130,9 +174,10 @@ class AsyncJobStore:
             for pair in fields.items():
                 job_args += pair
         keys_ = [redis_keys.ACTIVE_JOBS, redis_keys.KNOWN_APPS, redis_keys.UNKNOWN_APPS_UNFINISHED,
-                 redis_keys.DEADLINES, *caller_keys, *job_keys]
+                 redis_keys.DEADLINES, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL, *caller_keys, *job_keys]
         args = [self.ttl_s, repr(time.time() - self.ttl_s), self.quotas.app_max, self.quotas.unknown_apps_max,
-                len(callers), *caller_args, *job_args]
+                len(callers), self.ttl_s + 2 * int(OWNER_INDEX_TRIM_S),
+                "" if self.fair_direct_jobs is None else self.fair_direct_jobs, *caller_args, *job_args]
         return {"keys": keys_, "args": args}, list(callers), apps
 
     async def forget(self, submissions: list[Submission]) -> None:
@@ -147,6 +192,7 @@ class AsyncJobStore:
             # It was counted in one of these two.
             pipe.zrem(redis_keys.app_unfinished(job.app_id), job.id)
             pipe.zrem(redis_keys.UNKNOWN_APPS_UNFINISHED, job.id)
+            pipe.zrem(redis_keys.owner_jobs(job.owner), job.id)
             if submission.idempotency_key:
                 pipe.delete(redis_keys.idempotency(job.owner, submission.idempotency_key))
         await pipe.execute()
@@ -200,6 +246,45 @@ class AsyncJobStore:
                 return await self.fields(job_id)
         return fields
 
+    async def list_jobs(
+        self, owners: tuple[str, ...], statuses: frozenset[str] | None, after: str | None, limit: int
+    ) -> JobPage:
+        """The owners' jobs, newest first, after the job `after` (exclusive), with one of `statuses` if given.
+
+        Reads each owner's index (a key's id under the current and the previous server secrets) and at most
+        `LIST_SCAN_MAX` entries and records. Raises UnknownCursor if `after` is in none of the indexes."""
+        indexes = [redis_keys.owner_jobs(owner) for owner in owners]
+        top: tuple[float, str] | None = None
+        if after is not None:
+            scores = await _pipelined(self.redis, [("zscore", (index, after)) for index in indexes])
+            score = next((float(found) for found in scores if found is not None), None)
+            if score is None:
+                raise UnknownCursor(after)
+            top = (score, after)
+        window = LIST_SCAN_MAX if statuses else limit + 1
+        oldest = time.time() - self.ttl_s  # entries older than a record's TTL list nothing
+        ranges = await _pipelined(self.redis, [
+            ("zrevrangebyscore", (index, top[0] if top else "+inf", oldest), {"start": 0, "num": window,
+                                                                               "withscores": True})
+            for index in indexes])
+        candidates, complete = _merged(ranges, window, top)
+        records: list[dict[str, str]] = []
+        looked_at: str | None = None
+        for start in range(0, len(candidates), LIST_READ_CHUNK):
+            chunk = candidates[start:start + LIST_READ_CHUNK]
+            rows = await _pipelined(self.redis, [("hmget", (redis_keys.job(job_id), *LISTED_FIELDS))
+                                                 for job_id in chunk])
+            for job_id, row in zip(chunk, rows, strict=True):
+                fields = {name: value for name, value in zip(LISTED_FIELDS, row, strict=True) if value is not None}
+                # The index is the owner's own; the record's owner is checked all the same.
+                if fields.get("owner") in owners and (not statuses or fields.get("status") in statuses):
+                    if len(records) == limit:
+                        return JobPage(records, True, looked_at)
+                    records.append({**fields, "id": job_id})
+                looked_at = job_id
+        # Every candidate was read: more only if the indexes hold entries beyond the ones read.
+        return JobPage(records, not complete, None if complete else looked_at)
+
     async def history(self, job_id: str, after_id: str = "-") -> list[tuple[str, dict[str, Any]]]:
         start = after_id if after_id == "-" else f"({after_id}"
         entries = cast(StreamEntries, await self.redis.xrange(redis_keys.job_events(job_id), min=start, max="+"))
@@ -210,3 +295,30 @@ def _events(entries: StreamEntries) -> list[tuple[str, dict[str, Any]]]:
     """Stream entries as events; an entry that is not a JSON object (a damaged stream) is skipped."""
     events = ((event_id, read_json(entry.get("e", ""))) for event_id, entry in entries)
     return [(event_id, event) for event_id, event in events if isinstance(event, dict)]
+
+
+async def _pipelined(client: aioredis.Redis, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Commands sent together, `(name, args)` or `(name, args, kwargs)`: one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for name, args, *kwargs in calls:
+        getattr(pipe, name)(*args, **(kwargs[0] if kwargs else {}))
+    return cast(list[Any], await pipe.execute())
+
+
+def _merged(
+    ranges: list[list[tuple[str, float]]], window: int, top: tuple[float, str] | None
+) -> tuple[list[str], bool]:
+    """The ids of several indexes' ranges (each newest first, at most `window` long), newest first, strictly after
+    `top`; and whether that is everything up to the oldest entry. A range cut at `window` may hide entries newer
+    than another range's tail: the merge stops at the newest of the cut ranges' last entries."""
+    entries: list[tuple[float, str]] = []
+    floor: tuple[float, str] | None = None
+    for found in ranges:
+        keyed = [(score, job_id) for job_id, score in found]
+        if len(found) == window:
+            floor = max(floor, keyed[-1]) if floor else keyed[-1]
+        entries += keyed
+    entries = sorted({e for e in entries if top is None or e < top}, reverse=True)
+    if floor is not None:
+        entries = [e for e in entries if e >= floor]
+    return [job_id for _, job_id in entries][:window], floor is None

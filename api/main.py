@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.memory = MemoryGuard(client, settings.redis_high_water)
         trusted = frozenset({app_id_of(settings.service_key)} if settings.service_key else ())
         quotas = Quotas(settings.app_max_unfinished, settings.unknown_apps_max_unfinished, trusted)
-        app.state.store = AsyncJobStore(client, settings.result_ttl_s, quotas, app.state.memory)
+        app.state.store = AsyncJobStore(client, settings.result_ttl_s, quotas, app.state.memory,
+                                        settings.fair_direct_jobs if settings.fair_turns else None)
         app.state.stream_reader = reader
         app.state.vault = vault_for(settings.server_secret, settings.previous_secrets)
         app.state.broker_check = _broker_check(settings, client)

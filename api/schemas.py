@@ -109,6 +109,16 @@ class BatchResult(BaseModel):
     jobs: list[BatchItemResult]
 
 
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first (GET /v1/jobs)."""
+
+    object: Literal["list"] = "list"
+    data: list[JobPublic] = Field(description="Each job as GET /v1/jobs/{id} shows it, less its result, attempts "
+                                              "and deliveries (read the job for those).")
+    has_more: bool = Field(description="True when older jobs may follow: ask again with after=next_after.")
+    next_after: str | None = Field(description="The id to pass as `after` for the next page; null on the last.")
+
+
 class ErrorResponse(BaseModel):
     error: ErrorBody
 
@@ -130,5 +140,6 @@ __all__ = [
     "Health",
     "JobCreate",
     "JobError",
+    "JobList",
     "JobPublic",
 ]

@@ -81,6 +81,28 @@ def app_unfinished(app_id: str) -> str:
     return f"{PREFIX}:quota:app:{name_part(app_id)}"
 
 
+FAIR_APPS = f"{PREFIX}:fair:apps"
+"""Sorted set of the app ids with jobs in their ready lists, scored by calls started / weight: whose turn is next."""
+
+FAIR_DOORBELL = f"{PREFIX}:fair:doorbell"
+"""List a worker waiting for messages also waits on: the submit script pushes to it when an app id's ready lists
+fill from empty, so an idle worker wakes to take its turn."""
+
+FAIR_READY_PREFIX = f"{PREFIX}:fair:ready:"
+
+
+def fair_ready(app_part: str, queue: str) -> str:
+    """One app id's ready list for one priority (named by the broker queue its messages are delivered from)."""
+    return f"{FAIR_READY_PREFIX}{app_part}:{queue}"
+
+
+def owner_jobs(owner: str) -> str:
+    """Sorted set of one owner's jobs (finished or not), scored by submission time: what `GET /v1/jobs` lists.
+
+    Named by the owner id (a fingerprint of the key, never the key); trimmed of entries older than a record's TTL."""
+    return f"{PREFIX}:owner:{owner}:jobs"
+
+
 def rejected_key(fingerprint: str) -> str:
     """Present (with a TTL) while a key the proxy answered 401/403 is refused; named by the key's fingerprint."""
     return f"{PREFIX}:key:rejected:{fingerprint}"

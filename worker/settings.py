@@ -211,6 +211,18 @@ class Settings(BaseSettings):
     batch_completion_window_s: int = Field(
         24 * 3600, ge=1, description="Length of the '24h' completion window; unfinished lines then expire."
     )
+    # Fair turns between app ids (docs/fairness.md): Redis broker only.
+    fair_turns: bool = Field(
+        False, description="Give a freed worker slot to the app id that has had the fewest calls started lately "
+                           "(by weight) rather than to the oldest job; needs the Redis broker."
+    )
+    fair_direct_jobs: int = Field(
+        4, ge=0, description="With fair turns, an app id's jobs go straight to the workers' queue while it has fewer "
+                             "unfinished jobs than this; the rest wait in its own ready lists for a turn."
+    )
+    app_weights: str | None = Field(
+        None, description="Turns per app id relative to the others, like '1234=3,*=1' (1 for any app id not listed)."
+    )
 
     @field_validator("upstream_test_url", "upstream_prod_url")
     @classmethod
@@ -255,7 +267,7 @@ class Settings(BaseSettings):
         AllowList.parse(value)
         return value
 
-    @field_validator("model_concurrency", "app_concurrency", "model_rpm", "app_rpm")
+    @field_validator("model_concurrency", "app_concurrency", "model_rpm", "app_rpm", "app_weights")
     @classmethod
     def _limits(cls, value: str | None) -> str | None:
         LimitTable.parse(value)

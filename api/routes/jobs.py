@@ -1,7 +1,8 @@
-"""/v1/jobs: submit a chat request, read it (optionally waiting), cancel it."""
+"""/v1/jobs: submit a chat request, list the caller's jobs, read one (optionally waiting), cancel it."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any
 
@@ -12,18 +13,21 @@ from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, StreamReader
 from llmq.api.direct_route import direct_route, header, json_response
 from llmq.api.disconnect import unless_client_leaves
 from llmq.api.errors import ApiError
-from llmq.api.job_store import AsyncJobStore
-from llmq.api.schemas import ErrorResponse, JobCreate, JobPublic
+from llmq.api.job_store import AsyncJobStore, UnknownCursor
+from llmq.api.schemas import ErrorResponse, JobCreate, JobList, JobPublic
 from llmq.api.stream_reader import NoPlace, StreamReader
 from llmq.api.submission import build_job, check_callback, check_limits, record_and_queue, submission_arguments
 from llmq.worker.jobs.record import TERMINAL
-from llmq.worker.jobs.view import job_json_bytes, new_job_json_bytes
+from llmq.worker.jobs.view import JobStatus, job_json_bytes, job_view, new_job_json_bytes
 from llmq.worker.observability import metrics
 from llmq.worker.tasks import enqueue_delivery
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_WAIT_S = 60
+MAX_LIST_LIMIT = 100
+# What a listed job leaves out: the bulk of a record, read with GET /v1/jobs/{id}.
+NOT_LISTED: set[str] = {"result", "attempts", "deliveries"}
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 JOB_ID_PATTERN = re.compile(r"^job_[A-Za-z0-9_-]{22}$")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -100,6 +104,37 @@ router.add_api_route(
     responses={200: {"model": JobPublic, "description": "Idempotent replay: the job this key created."}, **ERRORS},
     route_class_override=direct_route(submit_job_arguments),
 )
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+async def list_jobs(
+    caller: CallerDep,
+    store: StoreDep,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="Only jobs in this status; repeat it for several.")
+    ] = None,
+    after: Annotated[
+        str | None, Query(max_length=64, description="The `next_after` of the previous page: jobs older than it.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="Jobs per page.")] = 20,
+) -> Response:
+    """The caller's own jobs (those of its key), newest first, kept as long as their records.
+
+    A page reads at most 1,000 jobs: with a `status` that few of them have, it can hold fewer than `limit` jobs
+    and still have `has_more`; keep following `next_after`."""
+    if after is not None and not JOB_ID_PATTERN.match(after):
+        raise ApiError(400, "invalid_request", f"after={after!r} is not a job id: pass the previous page's "
+                                               "next_after (or a job id of yours).")
+    try:
+        page = await store.list_jobs(caller.owners, frozenset(status) if status else None, after, limit)
+    except UnknownCursor:
+        raise ApiError(400, "invalid_request",
+                       f"after={after!r} names no job of this key that is still kept (unknown, expired, or another "
+                       "key's): start again without it.") from None
+    data = b",".join(job_view(fields).model_dump_json(exclude_none=True, exclude=NOT_LISTED).encode()
+                     for fields in page.records)
+    tail = json.dumps({"has_more": page.has_more, "next_after": page.next_after})
+    return json_response(b'{"object":"list","data":[' + data + b"]," + tail[1:].encode(), 200)
 
 
 async def wait_for_job(

@@ -71,3 +71,33 @@ def test_single_posts_one_at_a_time_stay_within_their_budget(budget_stack: Stack
     per_job, commands = count_commands(budget_stack, submit)
     print(f"single POSTs: {per_job:.1f} commands per job: {commands.most_common(12)}")
     assert per_job <= SINGLE_POST_BUDGET, commands.most_common(12)
+
+
+@pytest.fixture(scope="module")
+def fair_budget_stack(redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) -> Iterator[Stack]:
+    """Fair turns on, every job through the ready lists (docs/fairness.md); the database tests/e2e/test_fairness.py
+    uses, flushed by each of its tests."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"
+    stack = Stack(url, mock_proxy.url, log_dir / "commands-per-job-fair", LLMQ_FAIR_TURNS="true",
+                  LLMQ_FAIR_DIRECT_JOBS="0")
+    stack.redis.flushdb()
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_batch_waiting_for_fair_turns_costs_at_most_15_commands_per_job(fair_budget_stack: Stack, model: str) -> None:
+    def submit() -> None:
+        with fair_budget_stack.client() as client:
+            response = client.post("/v1/jobs/batch", json={"jobs": [{"request": chat(model, str(n))}
+                                                                     for n in range(JOBS)]})
+            assert response.json()["accepted"] == JOBS
+
+    per_job, commands = count_commands(fair_budget_stack, submit)
+    print(f"batch, fair turns: {per_job:.1f} commands per job: {commands.most_common(12)}")
+    assert per_job <= BUDGET, commands.most_common(12)
+    # The app leaves the set of apps waiting at the first take that finds its lists empty.
+    eventually(lambda: fair_budget_stack.redis.zcard(redis_keys.FAIR_APPS) == 0, 10, "the drained app to leave")

@@ -39,6 +39,12 @@ def test_jobs_queued_under_the_old_secret_run_and_stay_their_owners(
                 lines = [line for line in events.iter_lines() if line.startswith("data: ")]
             fresh = submit(client, chat(model, "submitted after the rotation"))["id"]
             jobs = [wait_finished(client, job_id) for job_id in (queued, followed, fresh)]
+            # The listing reads the key's index under each secret: the jobs of both, newest first.
+            listed = client.get("/v1/jobs", params={"limit": 2}).json()
+            assert [job["id"] for job in listed["data"]] == [fresh, followed] and listed["has_more"]
+            rest = client.get("/v1/jobs", params={"limit": 2, "after": listed["next_after"]}).json()
+            assert [job["id"] for job in rest["data"]] == [queued] and not rest["has_more"]
+            assert stranger.get("/v1/jobs").json()["data"] == []
     finally:
         after.stop()
     assert [job["status"] for job in jobs] == ["succeeded"] * 3, jobs

@@ -29,11 +29,17 @@ _TERMINAL_TABLE = "local terminal = {" + ", ".join(f"{status} = true" for status
 # maxmemory, before its first write, where a script without it would be stopped at its first write that needs
 # memory, after the ones that did not. Everything that can fail or refuse (the idempotency keys' reads, the
 # quotas, the keys the proxy rejected) is read before the first write; a script stopped midway is not undone.
-# Per caller (one owner and its app id): its rejected-key marker and its app's quota set; per job, its record.
-# KEYS: active, known apps, unknown apps' quota set, deadlines; per caller: rejected marker, app quota set;
-#       per job: job, idempotency ('' for none), broker queue ('' to publish separately)
-# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count; per caller: app name, flags ('k': the app id
-#       is known, no need to look; 'r': look for the rejected-key marker; the API skips what it looked at lately);
+# Per caller (one owner and its app id): its rejected-key marker, its app's quota set and its own jobs' index (the
+# listing's: every job of the owner, finished or not, scored by submission time); per job, its record.
+# With fair turns (docs/fairness.md), a job goes to its broker queue only while its app has fewer unfinished jobs
+# than `direct_jobs` (counted by the quota set, already read); the others go to the app's ready list for that queue,
+# and an app whose ready lists were empty enters the set of apps waiting for a turn, which rings the doorbell.
+# KEYS: active, known apps, unknown apps' quota set, deadlines, fair apps, doorbell; per caller: rejected marker,
+#       app quota set, owner's index; per job: job, idempotency ('' for none), broker queue ('' to publish separately)
+# ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count, owner index's TTL, direct_jobs ('' for no fair
+#       turns); per caller: app name, flags
+#       ('k': the app id is known, no need to look; 'r': look for the rejected-key marker; 't': trim the owner's
+#       index of entries older than a record's TTL and renew its own TTL; the API skips what it did lately);
 #       per job: caller index, pair_count, now, job_id, broker message, deadline ('' for none), field, value, ...
 # No event is written here: a job's `queued` event is always told from its record (api.event_history).
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay), or its caller's refusal:
@@ -43,8 +49,9 @@ SUBMIT = """#!lua
 local active, known, unknown, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, stale_before = ARGV[1], ARGV[2]
 local app_limit, unknown_limit, callers = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local index_ttl, direct_jobs, fair_apps, doorbell = ARGV[6], tonumber(ARGV[7]), KEYS[5], KEYS[6]
 local jobs, need, seen = {}, {}, {}
-local k, a = 5 + 2 * callers, 6 + 2 * callers
+local k, a = 7 + 3 * callers, 8 + 2 * callers
 while k <= #KEYS do
   local job = {c = tonumber(ARGV[a]), key = KEYS[k], idem = KEYS[k + 1], queue = KEYS[k + 2],
                now = ARGV[a + 2], id = ARGV[a + 3], message = ARGV[a + 4], deadline = ARGV[a + 5]}
@@ -57,16 +64,16 @@ while k <= #KEYS do
   jobs[#jobs + 1] = job
   k, a = k + 3, job.last + 1
 end
-local refusal, quota_of, counts, known_apps = {}, {}, {}, {}
+local refusal, quota_of, counts, known_apps, places = {}, {}, {}, {}, {}
 for c = 1, callers do
   if need[c] then
-    local flags = ARGV[5 + 2 * c]
-    local left = string.find(flags, 'r', 1, true) and redis.call('PTTL', KEYS[3 + 2 * c]) or -2
+    local flags = ARGV[7 + 2 * c]
+    local left = string.find(flags, 'r', 1, true) and redis.call('PTTL', KEYS[4 + 3 * c]) or -2
     if left > 0 then
       refusal[c] = '!rejected_key:' .. left
     else
-      local set, limit, name = KEYS[4 + 2 * c], app_limit, '!app_quota'
-      if not string.find(flags, 'k', 1, true) and redis.call('SISMEMBER', known, ARGV[4 + 2 * c]) == 0 then
+      local set, limit, name = KEYS[5 + 3 * c], app_limit, '!app_quota'
+      if not string.find(flags, 'k', 1, true) and redis.call('SISMEMBER', known, ARGV[6 + 2 * c]) == 0 then
         set, limit, name = unknown, unknown_limit, '!unknown_app_quota'
       end
       known_apps[c] = set ~= unknown and 'k' or '-'
@@ -79,6 +86,7 @@ for c = 1, callers do
       if counts[set] + need[c] > limit then
         refusal[c] = name
       else
+        places[c] = counts[set]  -- unfinished jobs ahead of this caller's new ones
         counts[set] = counts[set] + need[c]
         quota_of[c] = set
       end
@@ -90,7 +98,7 @@ local function bulk(command, key, items)
     redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
   end
 end
-local ids, entries, by_set, by_queue, due = {}, {}, {}, {}, {}
+local ids, entries, by_set, by_owner, by_queue, due, waiting = {}, {}, {}, {}, {}, {}, {}
 for i, job in ipairs(jobs) do
   if job.existing then
     ids[i] = job.existing
@@ -112,9 +120,20 @@ for i, job in ipairs(jobs) do
     by_set[set] = by_set[set] or {}
     table.insert(by_set[set], job.now)
     table.insert(by_set[set], job.id)
+    by_owner[job.c] = by_owner[job.c] or {}
+    table.insert(by_owner[job.c], job.now)
+    table.insert(by_owner[job.c], job.id)
     if job.queue ~= '' then
-      by_queue[job.queue] = by_queue[job.queue] or {}
-      table.insert(by_queue[job.queue], job.message)
+      local queue = job.queue
+      if direct_jobs then
+        places[job.c] = places[job.c] + 1
+        if places[job.c] > direct_jobs then
+          queue = 'FAIR_READY_PREFIX' .. ARGV[6 + 2 * job.c] .. ':' .. job.queue
+          waiting[job.c] = (waiting[job.c] or 0) + 1
+        end
+      end
+      by_queue[queue] = by_queue[queue] or {}
+      table.insert(by_queue[queue], job.message)
     end
     ids[i] = job.id
   end
@@ -122,7 +141,27 @@ end
 bulk('ZADD', active, entries)
 bulk('ZADD', deadlines, due)
 for set, items in pairs(by_set) do bulk('ZADD', set, items) end
+for c, items in pairs(by_owner) do
+  local index = KEYS[6 + 3 * c]
+  bulk('ZADD', index, items)
+  -- Kept bounded: what is older than a record's TTL lists nothing; the key outlives its newest entry's record.
+  if string.find(ARGV[7 + 2 * c], 't', 1, true) then
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. stale_before)
+    redis.call('EXPIRE', index, index_ttl)
+  end
+end
 for queue, messages in pairs(by_queue) do bulk('LPUSH', queue, messages) end
+local rings = 0
+for c, n in pairs(waiting) do
+  -- An app entering starts level with the app served last (TAKE lifts its 0); a worker may be idle: wake one per
+  -- job, up to a few.
+  if redis.call('ZADD', fair_apps, 'NX', 0, ARGV[6 + 2 * c]) == 1 then rings = rings + n end
+end
+if rings > 0 then
+  local bells = {}
+  for i = 1, math.min(rings, 16) do bells[i] = '1' end
+  redis.call('LPUSH', doorbell, unpack(bells))
+end
 local told = {}
 for c = 1, callers do told[c] = known_apps[c] or '-' end
 ids[#ids + 1] = table.concat(told)
@@ -337,7 +376,7 @@ return renewed
 # The stream's length bound lives in llmq.worker.redis_keys with the key names, the terminal statuses with the record.
 SUBMIT, CLAIM, TRANSITION, CLAIM_DELIVERY = (
     script.replace("EVENTS_MAXLEN", str(EVENTS_MAXLEN)).replace("TERMINAL_TABLE", _TERMINAL_TABLE)
-    .replace("CANCELS_CHANNEL", CANCELS_CHANNEL)
+    .replace("CANCELS_CHANNEL", CANCELS_CHANNEL).replace("FAIR_READY_PREFIX", redis_keys.FAIR_READY_PREFIX)
     for script in (SUBMIT, CLAIM, TRANSITION, CLAIM_DELIVERY)
 )
 

@@ -35,6 +35,8 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
   tracer's first argument, and on kombu's Redis channel taking the queues of each `BRPOP` from
   `Channel._queue_cycle.consume` (which `redis_transport` wraps). Retired by a per-queue prefetch in Celery.
 - `event_loop`, `gc_tuning`: public APIs only (uvloop, greenback, `gc`).
+- `fair_turns`: no library at all: the weights and quantum `redis_transport`'s `TAKE` is given for fair turns
+  between app ids (docs/fairness.md).
 
 Outside this package, two modules lean on private behaviour too, listed here and checked by the same test:
 - `llmq.api.redis_client` overrides `redis.asyncio.Connection.pack_command`, relying on `send_command`

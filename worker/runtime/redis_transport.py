@@ -41,6 +41,10 @@ idle worker taking one job at a time costs two commands a job that way, where a 
 would cost two more. A crash in the instant between a `BRPOP` and its record leaves that message to the sweeper,
 as every delivery could with kombu's transport.
 
+With fair turns between app ids (docs/fairness.md), `TAKE` also takes from the apps' ready lists once the broker
+queues are empty, and a waiting worker's `BRPOP` also waits on the doorbell the submit script rings when an app's
+lists fill from empty; a token, or the `BRPOP`'s timeout, sends it back to `TAKE`.
+
 And a worker's takes leave out the queues of a lane whose slots are all taken, and pop no more than the
 fullest lane among those queues has room for (`llmq.worker.runtime.lanes`): slow webhook deliveries never take
 messages into slots that proxy calls need, nor the other way round.
@@ -65,6 +69,8 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from llmq.worker import redis_keys
+from llmq.worker.runtime.fair_turns import NO_FAIR_TURNS, worker_fair_turns
 from llmq.worker.runtime.held_connection import HeldConnections
 from llmq.worker.runtime.hub_flush import HubFlush
 from llmq.worker.runtime.lanes import Lanes, worker_lanes
@@ -86,27 +92,75 @@ return 1
 """
 
 
-# KEYS: the unacked set, then the queues in the order they are read. ARGV: now, most messages to take, then the
-# JSON name of each queue's messages' queue. Returns {queue key, {message, ...}}, or nil when every queue is empty.
+# KEYS: the unacked set, the fair apps set, the doorbell, then the queues in the order they are read.
+# ARGV: now, most messages to take, quantum, default weight, weight count, (app, weight)..., fair queue count, the
+#       call queues taken with fair turns (by priority; none without fair turns), then the JSON name of each queue's
+#       messages' queue.
+# Returns {queue key, {message, ...}}, or nil when every queue is empty.
 # Each member is `[message, "", queue]`, which `_restore_member` reads as kombu's [payload, exchange, routing key].
+# Messages already in the broker queues go first (webhooks, retries, messages handed back, an app's first jobs:
+# `llmq.worker.jobs.scripts.SUBMIT`). Then, with fair turns, the app with the least calls started by weight (its
+# score in the fair apps set) gives up to `quantum` messages, or as many as keep it behind the next app, from its
+# highest ready list that has any; its score grows by their number over its weight. An app entering (score 0)
+# starts level with the lowest app served; a drained app leaves the set. Messages go into the unacked set in the
+# same step, under the broker queue they are delivered from: a restore pushes them back there.
 TAKE = """#!lua
-local args = {#KEYS - 1}
-for i = 2, #KEYS do args[i] = KEYS[i] end
-args[#args + 1], args[#args + 2], args[#args + 3] = 'RIGHT', 'COUNT', ARGV[2]
+local unacked, apps, doorbell = KEYS[1], KEYS[2], KEYS[3]
+local count, quantum, default_weight = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local weights, at = {}, 6
+for _ = 1, tonumber(ARGV[5]) do
+  weights[ARGV[at]] = tonumber(ARGV[at + 1])
+  at = at + 2
+end
+local fair = {}
+for i = 1, tonumber(ARGV[at]) do fair[i] = ARGV[at + i] end
+local names = at + #fair + 1
+local function record(messages, name)
+  local entries = {}
+  for _, message in ipairs(messages) do
+    entries[#entries + 1] = ARGV[1]
+    entries[#entries + 1] = '[' .. message .. ',"",' .. name .. ']'
+  end
+  redis.call('ZADD', unacked, unpack(entries))
+end
+local args = {#KEYS - 3}
+for i = 4, #KEYS do args[i - 2] = KEYS[i] end
+args[#args + 1], args[#args + 2], args[#args + 3] = 'RIGHT', 'COUNT', count
 local taken = redis.call('LMPOP', unpack(args))
-if not taken then return false end
-local name
-for i = 2, #KEYS do
-  if KEYS[i] == taken[1] then name = ARGV[i + 1] end
+if taken then
+  for i = 4, #KEYS do
+    if KEYS[i] == taken[1] then record(taken[2], ARGV[names + i - 4]) end
+  end
+  return taken
 end
-local entries = {}
-for _, message in ipairs(taken[2]) do
-  entries[#entries + 1] = ARGV[1]
-  entries[#entries + 1] = '[' .. message .. ',"",' .. name .. ']'
+if #fair == 0 then return false end
+for _ = 1, 8 do
+  local low = redis.call('ZRANGE', apps, 0, 1, 'WITHSCORES')
+  if #low == 0 then break end
+  local app, score, next_score = low[1], tonumber(low[2]), tonumber(low[4] or '')
+  if score == 0 then
+    local lead = redis.call('ZRANGEBYSCORE', apps, '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if lead[2] then score = tonumber(lead[2]) end
+  end
+  if next_score and next_score < score then next_score = score end
+  local weight = weights[app] or default_weight
+  local want = tonumber(count)
+  if next_score then want = math.min(want, math.max(quantum, math.ceil((next_score - score) * weight))) end
+  local lists = {#fair}
+  for i, queue in ipairs(fair) do lists[i + 1] = 'FAIR_READY_PREFIX' .. app .. ':' .. queue end
+  lists[#lists + 1], lists[#lists + 2], lists[#lists + 3] = 'RIGHT', 'COUNT', want
+  local got = redis.call('LMPOP', unpack(lists))
+  if got then
+    redis.call('ZADD', apps, 'XX', score + #got[2] / weight, app)
+    local queue = string.sub(got[1], string.len('FAIR_READY_PREFIX') + string.len(app) + 2)
+    record(got[2], '"' .. queue .. '"')
+    return {queue, got[2]}
+  end
+  redis.call('ZREM', apps, app)
 end
-redis.call('ZADD', KEYS[1], unpack(entries))
-return taken
-"""
+redis.call('DEL', doorbell)  -- nothing anywhere: a bell rung meanwhile would wake a worker for nothing
+return false
+""".replace("FAIR_READY_PREFIX", redis_keys.FAIR_READY_PREFIX)
 TAKE_SHA = hashlib.sha1(TAKE.encode()).hexdigest()
 
 # A message a blocked BRPOP handed over must be recorded whatever the memory: it is in hand and nowhere else.
@@ -276,6 +330,9 @@ class Channel(kombu_redis.Channel):
     _quick_wakes = 0  # BRPOPs in a row that found a message already waiting
     _paused_until = 0.0
     _refusal_logged_at = -REFUSAL_LOG_EVERY_S
+    # The call queues the last TAKE that found nothing looked at through the fair turns (what a BRPOP cannot see).
+    _empty_take_fair: frozenset[str] = frozenset()
+    _take_fair: frozenset[str] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Queues consumed without acknowledgements (Celery's control replies): their messages are never recorded.
@@ -284,6 +341,7 @@ class Channel(kombu_redis.Channel):
         # With every lane full, kombu sends no BRPOP at all until a slot frees (it asks again each loop turn).
         self._lanes = worker_lanes()
         self._queue_cycle = LaneCycle(self._queue_cycle, self._lanes)
+        self._fair = worker_fair_turns()
 
     def basic_consume(self, queue, no_ack, *args, **kwargs):  # type: ignore[no-untyped-def]
         if no_ack:
@@ -300,20 +358,29 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return None
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        # The call queues whose jobs may also wait in the apps' ready lists, in priority order.
+        fair = [queue for queue in redis_keys.QUEUE_BY_PRIORITY.values() if queue in queues] if self._fair else []
+        if not set(fair) <= self._empty_take_fair:
+            self._take_next = True  # a BRPOP would not see what waits in the ready lists
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         if self._take_next:
             self._sent = "take"
+            self._take_fair = frozenset(fair)
             names = [json.dumps(queue) for _ in self.priority_steps for queue in queues]
             # No more than the prefetch allows, nor than the fullest lane of these queues has slots for.
             free = self.qos.can_consume_max_estimate()  # None: no prefetch limit
             room = self._lanes.room(queues)
             count = max(1, min([TAKE_MAX, *(n for n in (free, room) if n is not None)]))
+            fair_args = self._fair.take_args(fair) if self._fair else NO_FAIR_TURNS
             self.client.connection.send_command(
-                "EVALSHA", TAKE_SHA, 1 + len(keys), self.unacked_index_key, *keys, time(), count, *names
+                "EVALSHA", TAKE_SHA, 3 + len(keys), self.unacked_index_key, redis_keys.FAIR_APPS,
+                redis_keys.FAIR_DOORBELL, *keys, time(), count, *fair_args, *names
             )
         else:
             self._sent = "wait"
+            if fair:
+                keys.append(redis_keys.FAIR_DOORBELL)  # rung when an app's ready lists fill from empty
             self.client.connection.send_command("BRPOP", *keys, self.brpop_timeout if timeout is None else timeout)
         return None
 
@@ -346,7 +413,9 @@ class Channel(kombu_redis.Channel):
     def _deliver_taken(self, reply: Any) -> bool:
         if not reply:
             self._take_next = False
+            self._empty_take_fair = self._take_fair
             raise Empty()
+        self._empty_take_fair = frozenset()
         key, messages = reply
         queue = self._queue_of(key)
         try:
@@ -361,8 +430,16 @@ class Channel(kombu_redis.Channel):
 
     def _deliver_woken(self, reply: Any) -> bool:
         if not reply:
-            raise Empty()  # BRPOP's timeout: wait again
+            # BRPOP's timeout: wait again; with fair turns, look at the ready lists first (a bell may have rung
+            # for another worker).
+            self._take_next = self._fair is not None
+            if self._take_next:
+                self._empty_take_fair = frozenset()
+            raise Empty()
         key, item = reply
+        if bytes_to_str(key) == redis_keys.FAIR_DOORBELL:
+            self._take_next, self._empty_take_fair = True, frozenset()  # an app's ready lists filled: take
+            raise Empty()
         queue = self._queue_of(key)
         message = bytes_to_str(item)
         payload = loads(message)

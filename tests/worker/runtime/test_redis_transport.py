@@ -127,7 +127,8 @@ def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: 
     assert received == [{"n": 3}]
     take = next(line for line in log.lines if line.upper().startswith("EVALSHA")).replace('"', "").split()
     queues = len(redis_keys.QUEUES_IN_ORDER)
-    assert take[2:4 + queues] == [str(1 + queues), UNACKED_KEY, *redis_keys.QUEUES_IN_ORDER]
+    assert take[2:6 + queues] == [str(3 + queues), UNACKED_KEY, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL,
+                                  *redis_keys.QUEUES_IN_ORDER]
 
 
 def test_an_overdue_message_goes_back_to_its_queue_once(db_url: str) -> None:
