@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import aclosing
 from typing import Annotated, Any, Literal, cast
 
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
 from llmq.api.openai.errors import OpenAIError, OpenAIErrorResponse
 from llmq.api.openai.files import owned_file
+from llmq.api.openai.owner_index import list_page, live_records
 from llmq.api.openai.route import BASE_PATHS, OpenAIRoute
 from llmq.api.submission import check_callback_fields
 from llmq.api.uploads import MAX_EXPIRY_S, MIN_EXPIRY_S
@@ -172,35 +174,15 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 20,
 ) -> dict[str, Any]:
     """The caller's batches, newest first; `has_more` and `after` page through them."""
-    client = redis_of(request)
-    index = redis_keys.batches_of(caller.owner)
-    start = 0
-    if after:
-        rank = cast(int | None, await client.zrevrank(index, after))
-        if rank is None:
-            raise OpenAIError(400, f"after: no batch {after:.80} of this key to list from.", param="after")
-        start = rank + 1
+    listed = live_records(redis_of(request), redis_keys.batches_of(caller.owner), redis_keys.batch, after,
+                          desc=True, kind="batch")
     data: list[dict[str, Any]] = []
-    while len(data) <= limit:
-        ids = cast(list[str], await client.zrange(index, start, start + limit, desc=True))
-        if not ids:
-            break
-        start += len(ids)
-        pipe = client.pipeline(transaction=False)
-        for batch_id in ids:
-            pipe.hgetall(redis_keys.batch(batch_id))
-        gone = []
-        for batch_id, fields in zip(ids, await pipe.execute(), strict=True):
-            if fields:
-                data.append(batch_object(fields))
-            else:
-                gone.append(batch_id)
-        if gone:
-            await client.zrem(index, *gone)
-            start -= len(gone)
-    page = data[:limit]
-    return {"object": "list", "data": page, "has_more": len(data) > limit,
-            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
+    async with aclosing(listed) as found:  # a page that ends early closes the scan
+        async for fields in found:
+            data.append(batch_object(fields))
+            if len(data) > limit:
+                break
+    return list_page(data, limit)
 
 
 async def cancel_batch(request: Request, batch_id: str, caller: CallerDep, store: StoreDep) -> dict[str, Any]:

@@ -7,7 +7,7 @@ route. The record (`llmq.worker.files.records`) lives in Redis and expires with 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated, Any, Literal, cast
 
 import redis.asyncio as aioredis
@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from llmq.api.deps import Caller, CallerDep, SettingsDep
 from llmq.api.openai.errors import OpenAIError, OpenAIErrorResponse
+from llmq.api.openai.owner_index import list_page, live_records
 from llmq.api.openai.route import BASE_PATHS, OpenAIRoute
 from llmq.api.uploads import UploadError, UploadRules, receive_upload
 from llmq.worker import redis_keys
@@ -28,7 +29,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": OpenAIErrorResponse} for code in (400, 401, 404, 413, 415, 503)
 }
 MAX_LIST_LIMIT = 10_000  # OpenAI's own bound for GET /v1/files
-LIST_SCAN_PAGE = 200
 
 
 def file_store(request: Request) -> FileStore:
@@ -86,46 +86,16 @@ async def list_files(
     purpose: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """The caller's files, newest first by default; `has_more` and `after` page through them."""
-    client = redis_of(request)
-    data = [file async for file in _owned_in_order(client, caller.owner, after, order, purpose, limit + 1)]
-    page = data[:limit]
-    return {"object": "list", "data": page, "has_more": len(data) > limit,
-            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
-
-
-async def _owned_in_order(
-    client: aioredis.Redis, owner: str, after: str | None, order: str, purpose: str | None, wanted: int
-) -> AsyncIterator[dict[str, Any]]:
-    """Up to `wanted` live files of `owner` after the cursor; index entries of expired files are dropped."""
-    index = redis_keys.files_of(owner)
-    start = 0
-    if after:
-        ranking = client.zrevrank(index, after) if order == "desc" else client.zrank(index, after)
-        rank = cast(int | None, await ranking)
-        if rank is None:
-            raise OpenAIError(400, f"after: no file {after:.80} of this key to list from.", param="after")
-        start = rank + 1
-    found = 0
-    while found < wanted:
-        ids = cast(list[str], await client.zrange(index, start, start + LIST_SCAN_PAGE - 1, desc=order == "desc"))
-        if not ids:
-            return
-        start += len(ids)
-        pipe = client.pipeline(transaction=False)
-        for file_id in ids:
-            pipe.hgetall(redis_keys.file(file_id))
-        gone = []
-        for file_id, fields in zip(ids, await pipe.execute(), strict=True):
-            if not fields:
-                gone.append(file_id)
-            elif purpose is None or fields.get("purpose") == purpose:
-                found += 1
-                yield records.file_object(fields)
-                if found == wanted:
+    listed = live_records(redis_of(request), redis_keys.files_of(caller.owner), redis_keys.file, after,
+                          desc=order == "desc", kind="file")
+    data: list[dict[str, Any]] = []
+    async with aclosing(listed) as found:  # a page that ends early closes the scan
+        async for fields in found:
+            if purpose is None or fields.get("purpose") == purpose:
+                data.append(records.file_object(fields))
+                if len(data) > limit:
                     break
-        if gone:
-            await client.zrem(index, *gone)
-            start -= len(gone)
+    return list_page(data, limit)
 
 
 async def retrieve_file(request: Request, file_id: str, caller: CallerDep) -> dict[str, Any]:
