@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai import OpenAI
 
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
+from tests.e2e.test_openai_batch import BATCH_ENV, request_line, upload, wait_batch
 from tests.stack import MockProxy, Stack, chat, eventually
 
 SLOTS = 4
@@ -26,7 +28,7 @@ def fair_stack(redis_server: RedisServer, mock_proxy: MockProxy, log_dir: Path) 
     stack = Stack(url, mock_proxy.url, log_dir / f"fairness-{secrets.token_hex(3)}", LLMQ_FAIR_TURNS="true",
                   LLMQ_FAIR_DIRECT_JOBS="0", LLMQ_APP_WEIGHTS=f"{WEIGHTED}=3,*=1",
                   LLMQ_WORKER_CONCURRENCY=str(SLOTS), LLMQ_APP_MAX_UNFINISHED="10000",
-                  LLMQ_UNKNOWN_APPS_MAX_UNFINISHED="10000")
+                  LLMQ_UNKNOWN_APPS_MAX_UNFINISHED="10000", **{**BATCH_ENV, "LLMQ_BATCH_WINDOW_LINES": "80"})
     stack.redis.flushdb()
     try:
         stack.start_api()
@@ -69,6 +71,30 @@ def test_a_small_app_starts_before_most_of_a_flood(fair_stack: Stack, mock_proxy
     order = [call["model"] for call in started(mock_proxy, flood, small)]
     assert len(order) == 88
     # Behind a first-in first-out queue the small app would start after all 80; here it takes every other turn.
+    last_small = max(i for i, name in enumerate(order) if name == small)
+    assert last_small < 40, order
+
+
+def test_a_batch_api_flood_takes_turns_with_a_small_apps_jobs(
+    fair_stack: Stack, mock_proxy: MockProxy, model: str
+) -> None:
+    """A batch's lines wait in their app id's ready lists like any flood: its window (80 lines here, all fed at once)
+    does not sit in the broker queue ahead of every other app id."""
+    lines, small = f"{model}-lines", f"{model}-small"
+    slow(mock_proxy, lines, 80)
+    slow(mock_proxy, small, 8)
+    fair_stack.start_worker()
+    with OpenAI(api_key=key_of("3151"), base_url=f"{fair_stack.base_url}/v1") as client:
+        uploaded = upload(client, [request_line(f"r{i}", lines) for i in range(80)])
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        eventually(lambda: len(mock_proxy.calls(lines)) >= SLOTS * 2, 30, "the batch's lines to be running")
+        queue(fair_stack, key_of("3152"), small, 8)
+        done = wait_batch(client, batch.id, timeout_s=90)
+    assert done.status == "completed" and done.request_counts is not None
+    assert done.request_counts.completed == 80
+    order = [call["model"] for call in started(mock_proxy, lines, small)]
+    assert len(order) == 88
     last_small = max(i for i, name in enumerate(order) if name == small)
     assert last_small < 40, order
 

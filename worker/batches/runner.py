@@ -170,8 +170,12 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         return
     on_redis = rt.settings.effective_broker_url == rt.settings.redis_url
     queue = redis_keys.QUEUE_BY_PRIORITY[fields.get("priority", "low")]  # type: ignore[index]
-    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS]
-    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset)]
+    # With fair turns every line waits in its app id's ready list: a batch is the flood they exist for.
+    fair_app = redis_keys.name_part(fields["app_id"]) if on_redis and rt.settings.fair_turns else ""
+    pushed_to = redis_keys.fair_ready(fair_app, queue) if fair_app else queue
+    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS,
+            redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL]
+    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset), fair_app]
     jobs: list[NewJob] = []
     for line_no, raw in lines:
         data = json.loads(raw)
@@ -189,7 +193,7 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         job_fields = {**job.fields, "batch_id": batch_id, "custom_id": data["custom_id"], "line": str(line_no),
                       "retry_until": fields["expires_at"]}
         message = call_proxy_message(celery_app, job.id, job.model, queue) if on_redis else ""
-        keys += [redis_keys.job(job.id), queue if on_redis else ""]
+        keys += [redis_keys.job(job.id), pushed_to if on_redis else ""]
         args += [len(job_fields), repr(now), job.id, str(line_no), message]
         for pair in job_fields.items():
             args += pair

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from llmq.worker import redis_keys
 
-# KEYS: batch, inflight, active jobs, then per job: job, queue ('' to publish separately)
-# ARGV: expected next_line, new next_line, ttl_s, new next_offset (the byte after the last line read),
-#       then per job: pair_count, now, job_id, line, message, field, value…
+# KEYS: batch, inflight, active jobs, fair apps, doorbell, then per job: job, queue ('' to publish separately)
+# ARGV: expected next_line, new next_line, ttl_s, new next_offset (the byte after the last line read), the app id's
+#       name in the fair turns ('' without them: the queues are broker queues), then per job: pair_count, now,
+#       job_id, line, message, field, value…
 # Records the jobs of the next lines and moves the checkpoint, only if the batch is still running undisturbed
-# and nobody fed these lines already. Returns the number of jobs recorded (0: refused).
+# and nobody fed these lines already. With fair turns the queues are the app id's ready lists, and an app id whose
+# lists were empty enters the fair apps set and rings the doorbell, as in the submit script
+# (`llmq.worker.jobs.scripts.SUBMIT`): a batch's lines take turns with other app ids' jobs.
+# Returns the number of jobs recorded (0: refused).
 FEED = """
 local b = redis.call('HMGET', KEYS[1], 'status', 'ending', 'next_line')
 if b[1] ~= 'in_progress' or (b[2] and b[2] ~= '') or (b[3] or '0') ~= ARGV[1] then return 0 end
-local ttl, a, n = ARGV[3], 5, 0
-for k = 4, #KEYS, 2 do
+local ttl, a, n = ARGV[3], 6, 0
+for k = 6, #KEYS, 2 do
   local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
   local now, id, line, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
@@ -30,6 +34,11 @@ for k = 4, #KEYS, 2 do
 end
 redis.call('HSET', KEYS[1], 'next_line', ARGV[2], 'next_offset', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'fed', n)
+if ARGV[5] ~= '' and n > 0 and redis.call('ZADD', KEYS[4], 'NX', 0, ARGV[5]) == 1 then
+  local bells = {}
+  for i = 1, math.min(n, 16) do bells[i] = '1' end
+  redis.call('LPUSH', KEYS[5], unpack(bells))
+end
 return n
 """
 
