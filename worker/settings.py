@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     )
     # Fair turns between app ids (docs/fairness.md): Redis broker only.
     fair_turns: bool = Field(
-        False, description="Give a freed worker slot to the app id that has had the fewest calls started lately "
+        True, description="Give a freed worker slot to the app id that has had the fewest calls started lately "
                            "(by weight) rather than to the oldest job; needs the Redis broker."
     )
     fair_direct_jobs: int = Field(
