@@ -212,7 +212,8 @@ def _retry_until(rt: Runtime, job_id: str) -> float | None:
 def _batch_line_delay(rt: Runtime, err: UpstreamError, claim: Claim, until: float) -> float | None:
     """A batch line retries a retryable failure past `max_attempts`, with the capped backoff, while the next
     attempt would start inside its window; when the proxy is down for everyone it waits for the shared
-    circuit breaker instead (`proxy.circuit_breaker`)."""
+    circuit breaker instead (`proxy.circuit_breaker`). A line with its window as `deadline` gets its delay
+    whatever it is: one that would start past the deadline ends the job `expired`, reported `batch_expired`."""
     delay = next_delay(err, claim.attempt, claim.attempt + 1, rt.policy)
     if delay is None:
         return None
@@ -221,7 +222,7 @@ def _batch_line_delay(rt: Runtime, err: UpstreamError, claim: Claim, until: floa
             delay = rt.breaker.delay_s(claim.environment, delay)
         except redis.RedisError as err_:
             log.warning("circuit breaker not updated: %s", err_)
-    return delay if time.time() + delay < until else None
+    return delay if claim.deadline is not None or time.time() + delay < until else None
 
 
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:

@@ -189,8 +189,9 @@ async def cancel_batch(request: Request, batch_id: str, caller: CallerDep, store
     """Cancel a batch: no new line starts; lines under way are cancelled; finished lines are kept in its files."""
     client = redis_of(request)
     fields = await owned_batch(client, batch_id, caller)
-    before = await client.eval(scripts.STOP, 3, redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id),
-                               redis_keys.ACTIVE_JOBS, repr(time.time()), "cancelled", "cancelling", "cancelling_at")
+    keys = scripts.stop_keys(batch_id)
+    before = await client.eval(scripts.STOP, len(keys), *keys, repr(time.time()), "cancelled", "cancelling",
+                               "cancelling_at")
     if not before and fields["status"] not in ("cancelling", "cancelled"):
         raise OpenAIError(409, f"The batch is {fields['status']}; only a validating or in-progress batch can be "
                                "cancelled.", code="batch_not_cancellable")

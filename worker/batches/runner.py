@@ -108,8 +108,8 @@ def stop(rt: Runtime, batch_id: str, ending: str, now: float) -> str | None:
     """Stop feeding the batch (the window ended, or a cancel); its queued lines are cancelled at once."""
     status = "cancelling" if ending == "cancelled" else ""
     stamp = "cancelling_at" if ending == "cancelled" else "expired_at"
-    before = rt.redis.eval(scripts.STOP, 3, redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id),
-                           redis_keys.ACTIVE_JOBS, repr(now), ending, status, stamp)
+    keys = scripts.stop_keys(batch_id)
+    before = rt.redis.eval(scripts.STOP, len(keys), *keys, repr(now), ending, status, stamp)
     return cast(str | None, before or None)
 
 
@@ -170,8 +170,10 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         return
     on_redis = rt.settings.effective_broker_url == rt.settings.redis_url
     queue = redis_keys.QUEUE_BY_PRIORITY[fields.get("priority", "low")]  # type: ignore[index]
-    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS]
-    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset)]
+    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS,
+            redis_keys.DEADLINES]
+    deadline = float(fields["expires_at"])
+    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset), repr(deadline)]
     jobs: list[NewJob] = []
     for line_no, raw in lines:
         data = json.loads(raw)
@@ -181,10 +183,10 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
             id=new_job_id(), owner=fields["owner"], key_token=fields["key_token"], app_id=fields["app_id"],
             model=body["model"], request_json=dumps(body), environment=fields["environment"],
             priority=fields.get("priority", "low"),  # type: ignore[arg-type]
-            max_attempts=int(fields["max_attempts"]), created_at=now,
+            max_attempts=int(fields["max_attempts"]), created_at=now, deadline=deadline,
         )
-        # No job `deadline`: the runner ends the window itself (unfinished lines are reported `batch_expired`),
-        # and a line job that ended `expired` on its own would be one more status to collect.
+        # The `deadline` holds without the batch's steps: a line still waiting at the window's end ends `expired`
+        # by itself (the deadline check, or its next claim), though the step that stops the batch comes later.
         # `retry_until`: a proxy outage does not fail the line; it retries until the window ends (job_runner).
         job_fields = {**job.fields, "batch_id": batch_id, "custom_id": data["custom_id"], "line": str(line_no),
                       "retry_until": fields["expires_at"]}
@@ -248,6 +250,11 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
             err.append(f"{line}\t{output.failed_line(job_id, custom_id, json.loads(error or '{}'))}")
             counts["failed"] = counts.get("failed", 0) + 1
             done.append(job_id)
+        elif status == "expired":  # its deadline, the window's end, came while it waited for an attempt
+            code, message = output.ENDING_ERRORS["expired"]
+            err.append(f"{line}\t{output.error_line(job_id, custom_id, code, message)}")
+            counts["failed"] = counts.get("failed", 0) + 1
+            done.append(job_id)
         elif status == "cancelled":
             if not ending:  # cancelled on its own (DELETE /v1/jobs/{id}); a stopped batch's lines are told at the end
                 err.append(f"{line}\t{output.error_line(job_id, custom_id, 'cancelled', 'The job was cancelled.')}")
@@ -265,6 +272,7 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     for job_id in done:
         pipe.delete(redis_keys.job(job_id), redis_keys.job_events(job_id))
         pipe.zrem(redis_keys.ACTIVE_JOBS, job_id)
+        pipe.zrem(redis_keys.DEADLINES, job_id)  # a record that expired with its TTL left its entry
     for name, value in counts.items():
         pipe.hincrby(redis_keys.batch(batch_id), name, value)
     pipe.execute()
