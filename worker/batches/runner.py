@@ -386,10 +386,14 @@ def resume_stalled(rt: Runtime, publish_step: Callable[[str], None], now: float 
     return stalled
 
 
-
-def sweep_files(files: FileStore) -> int:
-    """Delete the file store's expired objects (uploads, outputs, parts a crash left), a bounded batch per sweep."""
+def sweep_files(files: FileStore, abandoned_write_s: float, now: float | None = None) -> int:
+    """Delete the file store's expired objects (uploads, outputs, parts a crash left) and the writes cut off with
+    their process (an upload whose API was killed), a bounded batch of each per sweep."""
+    now = time.time() if now is None else now
     result = wait(files.sweep_expired())
     if result.deleted:
         log.info("file store: %d expired object(s) deleted", result.deleted)
-    return result.deleted
+    abandoned = wait(files.sweep_abandoned(started_before=now - abandoned_write_s))
+    if abandoned:
+        log.warning("file store: %d unfinished write(s) of killed processes removed", abandoned)
+    return result.deleted + abandoned
