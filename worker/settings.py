@@ -210,7 +210,8 @@ class Settings(BaseSettings):
     )
     batch_step_interval_s: float = Field(1.0, gt=0, description="Pause between two steps of a running batch.")
     batch_stall_s: float = Field(
-        60, gt=0, description="A batch not stepped for this long is resumed by the sweeper (its step was lost)."
+        60, gt=0, description="A batch not stepped for this long is resumed by the sweeper (its step was lost); "
+        "the lock of a step whose worker died lapses after as long."
     )
     batch_completion_window_s: int = Field(
         24 * 3600, ge=1, description="Length of the '24h' completion window; unfinished lines then expire."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import socket
 import uuid
 from pathlib import Path
@@ -137,11 +138,7 @@ def test_api_killed_mid_upload_leaves_no_file_and_nothing_half_written(
         server: S3Server = request.getfixturevalue("s3_server")
         bucket = f"llmq-crash-{uuid.uuid4().hex[:12]}"
         server.create_bucket(bucket)
-        env.update({"LLMQ_FILES_S3_URL": f"s3://{bucket}/files", "LLMQ_FILES_S3_ENDPOINT_URL": server.endpoint_url,
-                    "LLMQ_FILES_S3_REGION": REGION, "LLMQ_FILES_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                    "LLMQ_FILES_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY, "LLMQ_FILES_S3_PART_BYTES": str(5 << 20),
-                    "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                    "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost"})
+        env.update(s3_env(server, bucket))
         with clean_aws_environment():
             s3 = botocore.session.get_session().create_client(
                 "s3", endpoint_url=server.endpoint_url, region_name=REGION,
@@ -176,3 +173,97 @@ def test_api_killed_mid_upload_leaves_no_file_and_nothing_half_written(
         stack.stop()
         if s3 is not None:
             s3.close()
+
+
+# --- a worker killed while it validates or finalizes a batch ----------------------------------------------
+
+
+def s3_env(server: S3Server, bucket: str) -> dict[str, str]:
+    """A stack's file store in `bucket` of `server`, its processes kept off the machine's AWS settings."""
+    return {"LLMQ_FILES_S3_URL": f"s3://{bucket}/files", "LLMQ_FILES_S3_ENDPOINT_URL": server.endpoint_url,
+            "LLMQ_FILES_S3_REGION": REGION, "LLMQ_FILES_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "LLMQ_FILES_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY, "LLMQ_FILES_S3_PART_BYTES": str(5 << 20),
+            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+def status_of(stack: Stack, batch_id: str) -> str | None:
+    return stack.redis.hget(redis_keys.batch(batch_id), "status")
+
+
+def assert_every_line_once(client: OpenAI, done: Any, lines: int) -> None:
+    assert done.status == "completed", done
+    found = read_lines(client, done.output_file_id) + read_lines(client, done.error_file_id)
+    assert collections.Counter(line["custom_id"] for line in found) == {f"r{i}": 1 for i in range(lines)}
+    assert all(line["response"]["status_code"] == 200 for line in found)
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (lines, lines, 0)
+
+
+def test_worker_killed_mid_validation_the_batch_goes_on(
+    mock_proxy: MockProxy, redis_server: RedisServer, log_dir: Path, model: str
+) -> None:
+    """The worker validating a batch waits on its file store (an S3 server that stopped answering) and is
+    SIGKILLed there, holding the batch's step: a new worker takes the batch over, which completes."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    lines = 12
+    with S3Server(log_dir / "s3-validation-crash.log") as server:
+        bucket = f"llmq-crash-{uuid.uuid4().hex[:12]}"
+        server.create_bucket(bucket)
+        stack = Stack(url, mock_proxy.url, log_dir / "openai-batch-validation-crash", LLMQ_BROKER_URL=url,
+                      **BATCH_ENV, **s3_env(server, bucket))
+        stack.redis.flushdb()
+        paused = False
+        try:
+            stack.start_api()
+            stack.start_worker()
+            with OpenAI(api_key=CALLER_KEY, base_url=f"{stack.base_url}/v1", max_retries=0) as client:
+                uploaded = upload(client, [request_line(f"r{i}", model) for i in range(lines)])
+                os.killpg(server.process.pid, signal.SIGSTOP)  # the store stops answering (the batch API does not
+                paused = True                                   # need it to create a batch)
+                batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                              completion_window="24h")
+                # The worker took the batch's step (its lock) and waits on the store, mid-validation.
+                eventually(lambda: stack.redis.exists(redis_keys.batch_lock(batch.id)), 30,
+                           "the worker to take the batch's step")
+                assert status_of(stack, batch.id) == "validating"
+                stack.workers[-1].kill()
+                os.killpg(server.process.pid, signal.SIGCONT)
+                paused = False
+                stack.start_worker()
+                done = wait_batch(client, batch.id, timeout_s=60)
+                assert_every_line_once(client, done, lines)
+        finally:
+            if paused:
+                os.killpg(server.process.pid, signal.SIGCONT)
+            stack.stop()
+
+
+def test_worker_killed_mid_finalize_the_batch_completes(
+    mock_proxy: MockProxy, redis_server: RedisServer, log_dir: Path, model: str
+) -> None:
+    """SIGKILL the worker while it writes the output and error files (large lines make that take a while): a
+    new worker finalizes the batch again, each line once, and no batch stays `finalizing`."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/10"
+    lines = 600
+    stack = Stack(url, mock_proxy.url, log_dir / "openai-batch-finalize-crash", LLMQ_BROKER_URL=url,
+                  **{**BATCH_ENV, "LLMQ_BATCH_WINDOW_LINES": "200"})
+    stack.redis.flushdb()
+    try:
+        stack.start_api()
+        stack.start_worker()
+        text = "y" * 30_000  # echoed into every output line: the files the finalize writes are tens of MB
+        with OpenAI(api_key=CALLER_KEY, base_url=f"{stack.base_url}/v1", max_retries=0) as client:
+            uploaded = upload(client, [request_line(f"r{i}", model, text) for i in range(lines)])
+            batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            eventually(lambda: status_of(stack, batch.id) == "finalizing"
+                       and stack.redis.exists(redis_keys.batch_lock(batch.id)), 90,
+                       "the worker to be finalizing the batch", interval_s=0.005)
+            stack.workers[-1].kill()
+            assert status_of(stack, batch.id) == "finalizing"  # killed before it could end the batch
+            stack.start_worker()
+            done = wait_batch(client, batch.id, timeout_s=60)
+            assert_every_line_once(client, done, lines)
+    finally:
+        stack.stop()

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.lock import Lock
 
 from llmq.worker import redis_keys
 from llmq.worker.batches import output, scripts
@@ -33,7 +35,7 @@ from llmq.worker.runtime.event_loop import wait
 
 log = logging.getLogger("llmq.batches")
 Publish = Callable[[list[tuple[str, str, str]]], None]
-LOCK_S = 300  # longer than any step: a finalize streams the whole file twice
+LOCK_RENEWALS = 3  # a step's lock is renewed this many times per `batch_stall_s`
 DEFAULT_OUTPUT_EXPIRY_S = 30 * 24 * 3600
 
 
@@ -48,16 +50,44 @@ class BatchRuntime:
 def step(brt: BatchRuntime, batch_id: str, now: float | None = None) -> bool:
     """Move the batch on as far as it can go now; True while it has more to do (schedule another step)."""
     rt = brt.rt
-    lock = rt.redis.lock(redis_keys.batch_lock(batch_id), timeout=LOCK_S, blocking=False)
+    # The lock lapses `batch_stall_s` after its holder stops renewing it, however long the step (a finalize streams
+    # the whole file twice): a step whose worker was killed holds the batch no longer than the sweeper waits to
+    # resume it. Not thread-local: the renewing thread uses it too.
+    hold_s = rt.settings.batch_stall_s
+    lock = rt.redis.lock(redis_keys.batch_lock(batch_id), timeout=hold_s, blocking=False, thread_local=False)
     if not lock.acquire():
         return False  # another step holds it and keeps the chain going
     try:
-        return _step(brt, batch_id, time.time() if now is None else now)
+        with _renewed(lock, hold_s / LOCK_RENEWALS):
+            return _step(brt, batch_id, time.time() if now is None else now)
     finally:
         try:
             lock.release()
         except redis.exceptions.LockError:  # outlived its timeout: another step may have run; nothing to undo
             log.warning("batch step outlived its lock", extra={"batch_id": batch_id})
+
+
+@contextmanager
+def _renewed(lock: Lock, every_s: float) -> Iterator[None]:
+    """Keep the lock for as long as the block runs, renewing it from a thread of its own."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(every_s):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockError:  # lapsed already (Redis was out of reach): the step ends unguarded
+                return
+            except redis.RedisError as err:
+                log.warning("batch lock not renewed: %s", err)
+
+    thread = threading.Thread(target=renew, name="llmq-batch-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _fields(rt: Runtime, batch_id: str) -> dict[str, str]:
