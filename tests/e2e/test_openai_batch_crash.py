@@ -42,10 +42,17 @@ def test_worker_killed_mid_batch_every_custom_id_once(
             uploaded = upload(client, [request_line(f"r{i}", model, f"line {i}") for i in range(LINES)])
             batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                           completion_window="24h")
-            # Some lines written, others in flight: kill the worker there.
-            eventually(lambda: int(stack.redis.hget(redis_keys.batch(batch.id), "completed") or 0) >= 5, 30,
-                       "some lines to be finished and collected", interval_s=0.05)
-            assert stack.redis.hlen(redis_keys.batch_inflight(batch.id)) > 0
+            # Some lines written, others in flight: kill the worker there. (Both read at once: a step collects
+            # its window's last lines a moment before it feeds the next ones.)
+            def collected_and_in_flight() -> bool:
+                pipe = stack.redis.pipeline(transaction=True)
+                pipe.hget(redis_keys.batch(batch.id), "completed")
+                pipe.hlen(redis_keys.batch_inflight(batch.id))
+                completed, in_flight = pipe.execute()
+                return int(completed or 0) >= 5 and in_flight > 0
+
+            eventually(collected_and_in_flight, 30, "some lines to be collected and others in flight",
+                       interval_s=0.02)
             stack.workers[-1].kill()
             stack.start_worker()
             done = wait_batch(client, batch.id, timeout_s=90)
