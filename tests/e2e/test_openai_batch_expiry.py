@@ -84,6 +84,7 @@ def test_line_jobs_end_at_the_window_between_the_batchs_steps(
         assert len(output) <= 2 and all(line["response"]["status_code"] == 200 for line in output)
         assert errors and [(e["error"] or {}).get("code") for e in errors] == ["batch_expired"] * len(errors), errors
         assert all(e["response"] is None for e in errors)
+        assert stack.redis.zcard(redis_keys.DEADLINES) == 0  # every line left the deadline index as it ended
         # A call is claimed before the deadline and reaches the proxy a moment later; none is claimed past it.
         calls = mock_proxy.calls(model)
         assert calls and max(call["at"] for call in calls) < batch.expires_at + 1, \

@@ -263,12 +263,14 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     out: list[str] = []
     err: list[str] = []
     done: list[str] = []
+    lost: list[str] = []
     counts: dict[str, int] = {}
     ending = fields.get("ending", "")
     for job_id, (status, result, error, custom_id) in zip(inflight, pipe.execute(), strict=True):
         line = inflight[job_id]
         if status is None:  # the record expired: the finalizer reports the line as lost
             done.append(job_id)
+            lost.append(job_id)
         elif status == "succeeded":
             result = result or "null"  # a succeeded job always has one; never write a line that is not JSON
             out.append(f"{line}\t{output.succeeded_line(job_id, custom_id, result)}")
@@ -302,7 +304,8 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     for job_id in done:
         pipe.delete(redis_keys.job(job_id), redis_keys.job_events(job_id))
         pipe.zrem(redis_keys.ACTIVE_JOBS, job_id)
-        pipe.zrem(redis_keys.DEADLINES, job_id)  # a record that expired with its TTL left its entry
+    if lost:  # a finished job left the deadline index as it ended; a record that expired with its TTL did not
+        pipe.zrem(redis_keys.DEADLINES, *lost)
     for name, value in counts.items():
         pipe.hincrby(redis_keys.batch(batch_id), name, value)
     pipe.execute()
