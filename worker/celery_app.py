@@ -91,7 +91,7 @@ def _start_sweeper(**_: object) -> None:
 
     _sweeper = Sweeper(runtime(), enqueue, enqueue_delivery, also=(
         lambda: resume_stalled(runtime(), enqueue_batch_step),
-        lambda: sweep_files(batch_runtime().files),
+        lambda: sweep_files(batch_runtime().files, runtime().settings.files_abandoned_write_s),
     ))
     _sweeper.start()
 

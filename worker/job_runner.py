@@ -46,7 +46,7 @@ class Runtime:
     flow: FlowControl | None = None  # None when no flow-control setting is on: no Redis cost at all
     calls: InFlightCalls | None = None  # None: calls can be neither aborted nor have their leases renewed
     verdicts: KeyVerdicts | None = None  # the proxy's 2xx and 401/403 per key, for the API's quotas
-    breaker: CircuitBreaker | None = None  # shared by batch lines; touched only after a failure
+    breaker: CircuitBreaker | None = None  # shared by batch lines; read about once a second while closed
 
     @property
     def lease_s(self) -> float:
@@ -95,7 +95,7 @@ def runtime() -> Runtime:
         flow=flow_control_for(settings, client),
         calls=InFlightCalls(settings.redis_url, call_lease_s(settings)),
         verdicts=KeyVerdicts(client, vault_for(settings.server_secret), settings.rejected_key_block_s),
-        breaker=CircuitBreaker(client, policy),
+        breaker=CircuitBreaker(client, policy, probe_lease_s=call_lease_s(settings)),
     )
 
 
@@ -212,7 +212,8 @@ def _retry_until(rt: Runtime, job_id: str) -> float | None:
 def _batch_line_delay(rt: Runtime, err: UpstreamError, claim: Claim, until: float) -> float | None:
     """A batch line retries a retryable failure past `max_attempts`, with the capped backoff, while the next
     attempt would start inside its window; when the proxy is down for everyone it waits for the shared
-    circuit breaker instead (`proxy.circuit_breaker`)."""
+    circuit breaker instead (`proxy.circuit_breaker`). A line with its window as `deadline` gets its delay
+    whatever it is: one that would start past the deadline ends the job `expired`, reported `batch_expired`."""
     delay = next_delay(err, claim.attempt, claim.attempt + 1, rt.policy)
     if delay is None:
         return None
@@ -221,7 +222,32 @@ def _batch_line_delay(rt: Runtime, err: UpstreamError, claim: Claim, until: floa
             delay = rt.breaker.delay_s(claim.environment, delay)
         except redis.RedisError as err_:
             log.warning("circuit breaker not updated: %s", err_)
-    return delay if time.time() + delay < until else None
+    return delay if claim.deadline is not None or time.time() + delay < until else None
+
+
+def _held_by_breaker(rt: Runtime, breaker: CircuitBreaker, job_id: str, claim: Claim) -> Outcome | bool:
+    """A batch line does not call while the shared breaker is open, nor while another line probes it: its claim
+    becomes an attempt not made, and it comes back later. False: call; True: call as the breaker's probe."""
+    try:
+        if breaker.closed(claim.environment) or _retry_until(rt, job_id) is None:
+            return False  # closed lately, or not a batch line: the breaker is theirs alone
+        admission = breaker.admit(claim.environment)
+    except redis.RedisError as err:
+        log.warning("circuit breaker not read: %s", err, extra={"job_id": job_id})
+        return False  # the call's own failure handling holds without it
+    if admission.wait_s <= 0:
+        return admission.probe
+    now = time.time()
+    record = {"n": claim.attempt, "started_at": claim.started_at, "duration_ms": 0.0, "outcome": "circuit_open",
+              "status_code": None, "error_type": "circuit_open", "retry_in_s": round(admission.wait_s, 3),
+              "message": "not called: the proxy is down for every worker (the shared circuit breaker is open)"}
+    if claim.deadline is not None and now + admission.wait_s > claim.deadline:
+        error = job_error("circuit_open", "the proxy was down for every worker until the deadline")
+        ended = rt.store.expire(job_id, error, record, allowed_from=("running",))
+        return _expired(rt, job_id, claim, error, ended)
+    if rt.store.retry_later(job_id, record, admission.wait_s):
+        return Outcome(retry_in_s=admission.wait_s)
+    return Outcome(skipped="cancelled")  # cancelled in between
 
 
 def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
@@ -241,6 +267,12 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         # The last attempt's worker vanished mid-call: no attempts are left to spend.
         return _setup_error(rt, job_id, claim, "worker_lost",
                             "the worker running the last attempt stopped before it finished; no attempts left")
+    probe = False
+    if rt.breaker is not None:
+        held = _held_by_breaker(rt, rt.breaker, job_id, claim)
+        if isinstance(held, Outcome):
+            return held
+        probe = held
     base_url = rt.settings.upstream_url(claim.environment)  # type: ignore[arg-type]
     if base_url is None:
         return _setup_error(rt, job_id, claim, "configuration",
@@ -276,6 +308,8 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
         _cool_down(rt, claim, err)
         if err.status_code in (401, 403) and rt.verdicts is not None:
             rt.verdicts.rejected(key)
+        if probe and not proxy_down(err):
+            rt.breaker.recovered(claim.environment)  # type: ignore[union-attr]  # the proxy is up: it answered
         delay = next_delay(err, claim.attempt, claim.max_attempts, rt.policy)
         metrics.UPSTREAM_LATENCY.labels(model_label, str(err.status_code or err.kind)).observe(time.time() - started)
         if is_retryable(err):
@@ -306,7 +340,7 @@ def _claim_and_call(rt: Runtime, job_id: str) -> Outcome:
 
     if rt.verdicts is not None:
         rt.verdicts.accepted(claim.app_id)
-    if claim.attempt > 1 and rt.breaker is not None:
+    if (claim.attempt > 1 or probe) and rt.breaker is not None:
         rt.breaker.recovered(claim.environment)  # a success after failures: the proxy is back
     record = attempt_record(claim, started, None, None, 200)
     metrics.UPSTREAM_LATENCY.labels(model_label, "200").observe(time.time() - started)

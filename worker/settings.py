@@ -143,6 +143,10 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart upload part size: memory held per upload."
     )
     files_max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Larger uploads get 413.")
+    files_abandoned_write_s: float = Field(
+        24 * 3600, gt=0, description="A write unfinished this long was cut off with its process (an API killed "
+        "mid-upload): the sweep removes what it left (a temporary file, an S3 multipart upload)."
+    )
     # Secret rotation: earlier LLMQ_SECRET values still decrypt keys and recognise owners until their jobs are gone.
     secret_previous: SecretStr | None = Field(
         None, description="Earlier server secrets, comma-separated, newest first; LLMQ_SECRET encrypts new records."
@@ -206,7 +210,8 @@ class Settings(BaseSettings):
     )
     batch_step_interval_s: float = Field(1.0, gt=0, description="Pause between two steps of a running batch.")
     batch_stall_s: float = Field(
-        60, gt=0, description="A batch not stepped for this long is resumed by the sweeper (its step was lost)."
+        60, gt=0, description="A batch not stepped for this long is resumed by the sweeper (its step was lost); "
+        "the lock of a step whose worker died lapses after as long."
     )
     batch_completion_window_s: int = Field(
         24 * 3600, ge=1, description="Length of the '24h' completion window; unfinished lines then expire."

@@ -189,8 +189,13 @@ async def cancel_batch(request: Request, batch_id: str, caller: CallerDep, store
     """Cancel a batch: no new line starts; lines under way are cancelled; finished lines are kept in its files."""
     client = redis_of(request)
     fields = await owned_batch(client, batch_id, caller)
-    before = await client.eval(scripts.STOP, 3, redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id),
-                               redis_keys.ACTIVE_JOBS, repr(time.time()), "cancelled", "cancelling", "cancelling_at")
+    keys = scripts.stop_keys(batch_id)
+    # The answer is the record as the cancel left it, read in the same transaction: a worker's step may take the
+    # batch on to `finalizing` at any moment after it.
+    pipe = client.pipeline(transaction=True)
+    pipe.eval(scripts.STOP, len(keys), *keys, repr(time.time()), "cancelled", "cancelling", "cancelling_at")
+    pipe.hgetall(redis_keys.batch(batch_id))
+    before, after = await pipe.execute()
     if not before and fields["status"] not in ("cancelling", "cancelled"):
         raise OpenAIError(409, f"The batch is {fields['status']}; only a validating or in-progress batch can be "
                                "cancelled.", code="batch_not_cancellable")
@@ -199,7 +204,7 @@ async def cancel_batch(request: Request, batch_id: str, caller: CallerDep, store
         for job_id in cast(list[str], await client.hkeys(redis_keys.batch_inflight(batch_id))):
             await store.cancel(job_id)
         await publish_step(batch_id)
-    return batch_object(await owned_batch(client, batch_id, caller))
+    return batch_object(after or fields)
 
 
 for base_path, environment in BASE_PATHS.items():

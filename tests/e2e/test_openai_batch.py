@@ -23,7 +23,7 @@ from openai.types.webhooks import BatchCompletedWebhookEvent
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from tests.receiver import Receiver
-from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack
+from tests.stack import CALLER_KEY, OTHER_KEY, MockProxy, Stack, eventually
 
 BATCH_ENV = {
     "LLMQ_BATCH_WINDOW_LINES": "3",
@@ -287,6 +287,37 @@ def test_proxy_outage_does_not_fail_lines(sdk: OpenAI, mock_proxy: MockProxy, mo
     assert (done.request_counts.completed, done.request_counts.failed) == (3, 0)
     assert len(mock_proxy.calls(model)) == 33  # every 503 was retried
     assert sorted(line["custom_id"] for line in read_lines(sdk, done.output_file_id)) == ["r0", "r1", "r2"]
+
+
+def test_proxy_outage_mid_batch_one_probe_at_a_time_then_recovery(
+    batch_stack: Stack, sdk: OpenAI, mock_proxy: MockProxy, model: str
+) -> None:
+    """The proxy goes down mid-batch: the shared breaker opens, and after each cool-down one line probes the proxy
+    while the others wait, instead of all of them calling; each failed probe opens it again. When the proxy is
+    back, the probe's success closes it and the batch completes with every line."""
+    mock_proxy.script(model, {"kind": "ok"}, *[{"kind": "status", "status": 503}] * 10_000)
+    uploaded = upload(sdk, [request_line(f"r{i}", model) for i in range(6)])
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    environment = eventually(lambda: batch_stack.redis.hget(redis_keys.batch(batch.id), "environment"), 10,
+                             "the batch's record")
+    breaker = redis_keys.breaker(environment)
+
+    def trips() -> int:
+        return int(batch_stack.redis.hget(breaker, "trips") or 0)
+
+    eventually(lambda: trips() >= 3, 60, "the breaker to open, and probes to fail", interval_s=0.05)
+    calls_before, trips_before = len(mock_proxy.calls(model)), trips()
+    eventually(lambda: trips() >= trips_before + 3, 60, "three more probes to fail", interval_s=0.05)
+    trips_after = trips()
+    calls_after = len(mock_proxy.calls(model))
+    # Open or half-open, only probes reach the proxy: one call per failed probe (and one probe in flight).
+    assert calls_after - calls_before <= trips_after - trips_before + 1, (calls_before, calls_after, trips_after)
+    mock_proxy.http.delete("/_mock/scripts", params={"model": model}).raise_for_status()  # the proxy is back
+    done = wait_batch(sdk, batch.id, timeout_s=90)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 0)
+    assert sorted(line["custom_id"] for line in read_lines(sdk, done.output_file_id)) == [f"r{i}" for i in range(6)]
+    assert not batch_stack.redis.exists(breaker)  # closed: the trips are forgotten
 
 
 # --- webhooks (llmq's extension) ----------------------------------------------------------------------

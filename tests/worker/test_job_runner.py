@@ -24,6 +24,7 @@ from llmq.worker.jobs import scripts as job_scripts
 from llmq.worker.jobs.record import UNFINISHED, NewJob, dumps, new_job_id, state_event
 from llmq.worker.jobs.store import JobStore
 from llmq.worker.jobs.view import job_json
+from llmq.worker.proxy.circuit_breaker import TRIP_FAILURES, CircuitBreaker
 from llmq.worker.proxy.client import UpstreamClient
 from llmq.worker.proxy.retry_policy import RetryPolicy
 from llmq.worker.secrets.key_vault import KeyVault
@@ -230,3 +231,83 @@ def test_one_attempt(rt: Runtime, case: Case) -> None:
     # A streamed attempt tells its listeners each delta as it comes, before the outcome is known.
     deltas = [event for event in events if event["type"] == "delta"]
     assert deltas[:1] == ([{"type": "delta", "attempt": 1, "index": 0, "content": "hi"}] if case.deltas else [])
+
+
+# --- batch lines and the shared circuit breaker ---------------------------------------------------------------
+
+
+@pytest.fixture
+def breaker_rt(rt: Runtime) -> Iterator[Runtime]:
+    rt.breaker = CircuitBreaker(rt.redis, rt.policy, probe_lease_s=30)
+    rt.redis.delete(redis_keys.breaker("test"))
+    yield rt
+    rt.redis.delete(redis_keys.breaker("test"))
+
+
+def tripped(rt: Runtime, at: float) -> float:
+    """The breaker opened at `at` by other lines' failures; when its cool-down ends."""
+    assert rt.breaker is not None
+    for i in range(TRIP_FAILURES):
+        until = rt.breaker.failed("test", at + i * 0.001)
+    return until
+
+
+BATCH_LINE = {"retry_until": "+3600", "deadline": "+3600", "batch_id": "batch_x"}
+
+
+def test_an_open_breaker_holds_a_batch_line_without_calling(breaker_rt: Runtime) -> None:
+    until = tripped(breaker_rt, time.time())
+    job_id = make_job(breaker_rt, Case(None, "", 0, record=BATCH_LINE))
+    try:
+        outcome, asked = run_one(breaker_rt, job_id, None)
+        job = job_json(breaker_rt.store.fields(job_id))
+    finally:
+        forget(breaker_rt, job_id)
+    assert asked == []
+    assert job["status"] == "retrying" and job["attempts"][-1]["outcome"] == "circuit_open"
+    assert outcome.retry_in_s is not None and until - time.time() <= outcome.retry_in_s <= until - time.time() + 1.0
+
+
+def test_a_plain_job_is_not_held_by_the_batch_lines_breaker(breaker_rt: Runtime) -> None:
+    tripped(breaker_rt, time.time())
+    job_id = make_job(breaker_rt, Case(None, "", 0))
+    try:
+        _, asked = run_one(breaker_rt, job_id, answer(200, COMPLETION))
+        status = breaker_rt.store.fields(job_id)["status"]
+    finally:
+        forget(breaker_rt, job_id)
+    assert len(asked) == 1 and status == "succeeded"
+
+
+def test_half_open_one_line_probes_and_its_success_closes_the_breaker(breaker_rt: Runtime) -> None:
+    tripped(breaker_rt, time.time() - 60)  # its cool-down (2 s) long over: half-open
+    probe, other = (make_job(breaker_rt, Case(None, "", 0, record=BATCH_LINE)) for _ in range(2))
+    try:
+        assert breaker_rt.breaker is not None
+        # While the probe's call is under way, another line comes up: it waits.
+        def probing(call: Call) -> httpx2.Response:
+            held, asked_meanwhile = run_one(breaker_rt, other, None)
+            assert asked_meanwhile == [] and held.retry_in_s is not None
+            assert breaker_rt.store.fields(other)["status"] == "retrying"
+            return httpx2.Response(200, json=COMPLETION)
+
+        _, asked = run_one(breaker_rt, probe, probing)
+        assert len(asked) == 1 and breaker_rt.store.fields(probe)["status"] == "succeeded"
+        assert not breaker_rt.redis.exists(redis_keys.breaker("test"))  # closed, trips forgotten
+    finally:
+        forget(breaker_rt, probe)
+        forget(breaker_rt, other)
+
+
+def test_half_open_the_probes_failure_opens_the_breaker_again_for_longer(breaker_rt: Runtime) -> None:
+    until = tripped(breaker_rt, time.time() - 60)
+    assert until < time.time()
+    job_id = make_job(breaker_rt, Case(None, "", 0, record=BATCH_LINE))
+    try:
+        outcome, asked = run_one(breaker_rt, job_id, answer(503))
+        status = breaker_rt.store.fields(job_id)["status"]
+    finally:
+        forget(breaker_rt, job_id)
+    assert len(asked) == 1 and status == "retrying"
+    assert breaker_rt.breaker is not None and breaker_rt.breaker.open_for_s("test") > BASE_DELAY_S  # 2 x 2 s
+    assert outcome.retry_in_s is not None and outcome.retry_in_s >= breaker_rt.breaker.open_for_s("test")

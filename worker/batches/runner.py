@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.lock import Lock
 
 from llmq.worker import redis_keys
 from llmq.worker.batches import output, scripts
@@ -33,7 +35,7 @@ from llmq.worker.runtime.event_loop import wait
 
 log = logging.getLogger("llmq.batches")
 Publish = Callable[[list[tuple[str, str, str]]], None]
-LOCK_S = 300  # longer than any step: a finalize streams the whole file twice
+LOCK_RENEWALS = 3  # a step's lock is renewed this many times per `batch_stall_s`
 DEFAULT_OUTPUT_EXPIRY_S = 30 * 24 * 3600
 
 
@@ -48,16 +50,44 @@ class BatchRuntime:
 def step(brt: BatchRuntime, batch_id: str, now: float | None = None) -> bool:
     """Move the batch on as far as it can go now; True while it has more to do (schedule another step)."""
     rt = brt.rt
-    lock = rt.redis.lock(redis_keys.batch_lock(batch_id), timeout=LOCK_S, blocking=False)
+    # The lock lapses `batch_stall_s` after its holder stops renewing it, however long the step (a finalize streams
+    # the whole file twice): a step whose worker was killed holds the batch no longer than the sweeper waits to
+    # resume it. Not thread-local: the renewing thread uses it too.
+    hold_s = rt.settings.batch_stall_s
+    lock = rt.redis.lock(redis_keys.batch_lock(batch_id), timeout=hold_s, blocking=False, thread_local=False)
     if not lock.acquire():
         return False  # another step holds it and keeps the chain going
     try:
-        return _step(brt, batch_id, time.time() if now is None else now)
+        with _renewed(lock, hold_s / LOCK_RENEWALS):
+            return _step(brt, batch_id, time.time() if now is None else now)
     finally:
         try:
             lock.release()
         except redis.exceptions.LockError:  # outlived its timeout: another step may have run; nothing to undo
             log.warning("batch step outlived its lock", extra={"batch_id": batch_id})
+
+
+@contextmanager
+def _renewed(lock: Lock, every_s: float) -> Iterator[None]:
+    """Keep the lock for as long as the block runs, renewing it from a thread of its own."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(every_s):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockError:  # lapsed already (Redis was out of reach): the step ends unguarded
+                return
+            except redis.RedisError as err:
+                log.warning("batch lock not renewed: %s", err)
+
+    thread = threading.Thread(target=renew, name="llmq-batch-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _fields(rt: Runtime, batch_id: str) -> dict[str, str]:
@@ -108,8 +138,8 @@ def stop(rt: Runtime, batch_id: str, ending: str, now: float) -> str | None:
     """Stop feeding the batch (the window ended, or a cancel); its queued lines are cancelled at once."""
     status = "cancelling" if ending == "cancelled" else ""
     stamp = "cancelling_at" if ending == "cancelled" else "expired_at"
-    before = rt.redis.eval(scripts.STOP, 3, redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id),
-                           redis_keys.ACTIVE_JOBS, repr(now), ending, status, stamp)
+    keys = scripts.stop_keys(batch_id)
+    before = rt.redis.eval(scripts.STOP, len(keys), *keys, repr(now), ending, status, stamp)
     return cast(str | None, before or None)
 
 
@@ -174,8 +204,9 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     fair_app = redis_keys.name_part(fields["app_id"]) if on_redis and rt.settings.fair_turns else ""
     pushed_to = redis_keys.fair_ready(fair_app, queue) if fair_app else queue
     keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS,
-            redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL]
-    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset), fair_app]
+            redis_keys.DEADLINES, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL]
+    deadline = float(fields["expires_at"])
+    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset), repr(deadline), fair_app]
     jobs: list[NewJob] = []
     for line_no, raw in lines:
         data = json.loads(raw)
@@ -185,10 +216,10 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
             id=new_job_id(), owner=fields["owner"], key_token=fields["key_token"], app_id=fields["app_id"],
             model=body["model"], request_json=dumps(body), environment=fields["environment"],
             priority=fields.get("priority", "low"),  # type: ignore[arg-type]
-            max_attempts=int(fields["max_attempts"]), created_at=now,
+            max_attempts=int(fields["max_attempts"]), created_at=now, deadline=deadline,
         )
-        # No job `deadline`: the runner ends the window itself (unfinished lines are reported `batch_expired`),
-        # and a line job that ended `expired` on its own would be one more status to collect.
+        # The `deadline` holds without the batch's steps: a line still waiting at the window's end ends `expired`
+        # by itself (the deadline check, or its next claim), though the step that stops the batch comes later.
         # `retry_until`: a proxy outage does not fail the line; it retries until the window ends (job_runner).
         job_fields = {**job.fields, "batch_id": batch_id, "custom_id": data["custom_id"], "line": str(line_no),
                       "retry_until": fields["expires_at"]}
@@ -235,12 +266,14 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     out: list[str] = []
     err: list[str] = []
     done: list[str] = []
+    lost: list[str] = []
     counts: dict[str, int] = {}
     ending = fields.get("ending", "")
     for job_id, (status, result, error, custom_id) in zip(inflight, pipe.execute(), strict=True):
         line = inflight[job_id]
         if status is None:  # the record expired: the finalizer reports the line as lost
             done.append(job_id)
+            lost.append(job_id)
         elif status == "succeeded":
             result = result or "null"  # a succeeded job always has one; never write a line that is not JSON
             out.append(f"{line}\t{output.succeeded_line(job_id, custom_id, result)}")
@@ -250,6 +283,11 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
             done.append(job_id)
         elif status == "failed":
             err.append(f"{line}\t{output.failed_line(job_id, custom_id, json.loads(error or '{}'))}")
+            counts["failed"] = counts.get("failed", 0) + 1
+            done.append(job_id)
+        elif status == "expired":  # its deadline, the window's end, came while it waited for an attempt
+            code, message = output.ENDING_ERRORS["expired"]
+            err.append(f"{line}\t{output.error_line(job_id, custom_id, code, message)}")
             counts["failed"] = counts.get("failed", 0) + 1
             done.append(job_id)
         elif status == "cancelled":
@@ -269,6 +307,8 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     for job_id in done:
         pipe.delete(redis_keys.job(job_id), redis_keys.job_events(job_id))
         pipe.zrem(redis_keys.ACTIVE_JOBS, job_id)
+    if lost:  # a finished job left the deadline index as it ended; a record that expired with its TTL did not
+        pipe.zrem(redis_keys.DEADLINES, *lost)
     for name, value in counts.items():
         pipe.hincrby(redis_keys.batch(batch_id), name, value)
     pipe.execute()
@@ -382,10 +422,14 @@ def resume_stalled(rt: Runtime, publish_step: Callable[[str], None], now: float 
     return stalled
 
 
-
-def sweep_files(files: FileStore) -> int:
-    """Delete the file store's expired objects (uploads, outputs, parts a crash left), a bounded batch per sweep."""
+def sweep_files(files: FileStore, abandoned_write_s: float, now: float | None = None) -> int:
+    """Delete the file store's expired objects (uploads, outputs, parts a crash left) and the writes cut off with
+    their process (an upload whose API was killed), a bounded batch of each per sweep."""
+    now = time.time() if now is None else now
     result = wait(files.sweep_expired())
     if result.deleted:
         log.info("file store: %d expired object(s) deleted", result.deleted)
-    return result.deleted
+    abandoned = wait(files.sweep_abandoned(started_before=now - abandoned_write_s))
+    if abandoned:
+        log.warning("file store: %d unfinished write(s) of killed processes removed", abandoned)
+    return result.deleted + abandoned

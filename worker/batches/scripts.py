@@ -8,25 +8,28 @@ from __future__ import annotations
 
 from llmq.worker import redis_keys
 
-# KEYS: batch, inflight, active jobs, fair apps, doorbell, then per job: job, queue ('' to publish separately)
-# ARGV: expected next_line, new next_line, ttl_s, new next_offset (the byte after the last line read), the app id's
-#       name in the fair turns ('' without them: the queues are broker queues), then per job: pair_count, now,
-#       job_id, line, message, field, value…
+# KEYS: batch, inflight, active jobs, deadlines, fair apps, doorbell, then per job: job, queue ('' to publish
+#       separately)
+# ARGV: expected next_line, new next_line, ttl_s, new next_offset (the byte after the last line read),
+#       deadline (the window's end), the app id's name in the fair turns ('' without them: the queues are broker
+#       queues), then per job: pair_count, now, job_id, line, message, field, value…
 # Records the jobs of the next lines and moves the checkpoint, only if the batch is still running undisturbed
-# and nobody fed these lines already. With fair turns the queues are the app id's ready lists, and an app id whose
+# and nobody fed these lines already. Every job is due at the window's end (the deadline check ends it there,
+# `expired`, if it is still waiting). With fair turns the queues are the app id's ready lists, and an app id whose
 # lists were empty enters the fair apps set and rings the doorbell, as in the submit script
 # (`llmq.worker.jobs.scripts.SUBMIT`): a batch's lines take turns with other app ids' jobs.
 # Returns the number of jobs recorded (0: refused).
 FEED = """
 local b = redis.call('HMGET', KEYS[1], 'status', 'ending', 'next_line')
 if b[1] ~= 'in_progress' or (b[2] and b[2] ~= '') or (b[3] or '0') ~= ARGV[1] then return 0 end
-local ttl, a, n = ARGV[3], 6, 0
-for k = 6, #KEYS, 2 do
+local ttl, deadline, a, n = ARGV[3], ARGV[5], 7, 0
+for k = 7, #KEYS, 2 do
   local pairs_end = a + 4 + 2 * tonumber(ARGV[a])
   local now, id, line, message = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   redis.call('HSET', KEYS[k], unpack(ARGV, a + 5, pairs_end))
   redis.call('EXPIRE', KEYS[k], ttl)
   redis.call('ZADD', KEYS[3], now, id)
+  redis.call('ZADD', KEYS[4], deadline, id)
   if KEYS[k + 1] ~= '' then redis.call('LPUSH', KEYS[k + 1], message) end
   redis.call('HSET', KEYS[2], id, line)
   n = n + 1
@@ -34,15 +37,15 @@ for k = 6, #KEYS, 2 do
 end
 redis.call('HSET', KEYS[1], 'next_line', ARGV[2], 'next_offset', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'fed', n)
-if ARGV[5] ~= '' and n > 0 and redis.call('ZADD', KEYS[4], 'NX', 0, ARGV[5]) == 1 then
+if ARGV[6] ~= '' and n > 0 and redis.call('ZADD', KEYS[5], 'NX', 0, ARGV[6]) == 1 then
   local bells = {}
   for i = 1, math.min(n, 16) do bells[i] = '1' end
-  redis.call('LPUSH', KEYS[5], unpack(bells))
+  redis.call('LPUSH', KEYS[6], unpack(bells))
 end
 return n
 """
 
-# KEYS: batch, inflight, active jobs
+# KEYS: batch, inflight, active jobs, deadlines
 # ARGV: now, ending (cancelled | expired), status to move to ('cancelling' | ''), timestamp field
 # Stops the batch: no feed passes after this. Lines still queued or waiting for a retry are cancelled here,
 # in the same step, so no new proxy call starts for them; lines whose call is under way are cancelled by the
@@ -66,6 +69,7 @@ for _, id in ipairs(inflight) do
     redis.call('HSET', job, 'status', 'cancelled', 'updated_at', ARGV[1], 'finished_at', ARGV[1])
     redis.call('HDEL', job, 'next_attempt_at')
     redis.call('ZREM', KEYS[3], id)
+    redis.call('ZREM', KEYS[4], id)
   end
 end
 return status
@@ -83,3 +87,9 @@ return status
 
 # Job keys are built in the script from the ids in `inflight` (a Redis cluster would need them as KEYS).
 STOP = STOP.replace("JOB_KEY_PREFIX", repr(redis_keys.job("")))
+
+
+def stop_keys(batch_id: str) -> list[str]:
+    """The KEYS of `STOP` for a batch (the API's cancel and the runner's window end both call it)."""
+    return [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS,
+            redis_keys.DEADLINES]

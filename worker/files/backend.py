@@ -50,4 +50,9 @@ class Backend(Protocol):
         """Keys under `prefix`, in lexicographic order, after `start_after`."""
         ...
 
+    async def remove_abandoned(self, started_before: float, limit: int) -> int:
+        """Remove what writes left that were never committed nor aborted (their process died mid-write), if their
+        last write is older than `started_before` (epoch seconds); at most `limit` of them, and how many."""
+        ...
+
     async def aclose(self) -> None: ...

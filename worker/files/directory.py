@@ -168,8 +168,31 @@ class DirectoryBackend:
             async for found in self._walk(child):
                 yield found
 
+    async def remove_abandoned(self, started_before: float, limit: int) -> int:
+        # A killed writer's temporary file: its mtime is its last flushed write (every `WRITE_BUFFER_BYTES`).
+        return await asyncio.to_thread(_remove_temps, self.root, started_before, limit)
+
     async def aclose(self) -> None:
         return None
+
+
+def _remove_temps(root: Path, started_before: float, limit: int) -> int:
+    removed = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.stat().st_mtime >= started_before:
+                    continue
+                path.unlink()
+            except FileNotFoundError:  # committed or aborted meanwhile
+                continue
+            removed += 1
+            if removed == limit:
+                return removed
+    return removed
 
 
 def _sorted_level(folder: Path, base: str, leaf_prefix: str) -> list[str]:

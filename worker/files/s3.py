@@ -8,13 +8,17 @@ awaits the same botocore requests (signing, retries, errors are botocore's own) 
 
 Large objects are streamed with a multipart upload: at most one part (`part_bytes`, 8 MiB by default; S3
 needs 5 MiB or more for all parts but the last) is held in memory, whatever the object's size. An object
-smaller than one part is sent with a single PUT. An upload that is never completed leaves parts behind
-in the bucket; give the bucket a lifecycle rule that aborts incomplete multipart uploads after a day.
+smaller than one part is sent with a single PUT. An upload whose process died before completing or aborting
+it leaves parts behind in the bucket: the store's sweep aborts it (`remove_abandoned`) once it is older than
+`LLMQ_FILES_ABANDONED_WRITE_S`. Its age is told by a marker, `writes/<started, ms>/<key>`, put before the
+upload begins and deleted once it is completed or aborted: S3-compatible servers do not all report when an
+upload began.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +32,7 @@ from llmq.worker.files.backend import READ_CHUNK_BYTES, ObjectNotFound
 DEFAULT_PART_BYTES = 8 * 1024 * 1024
 MIN_PART_BYTES = 5 * 1024 * 1024
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+WRITES = "writes/"  # markers of multipart uploads under way, by start time (see the module docstring)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -49,6 +54,7 @@ class S3Writer:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._marker: str | None = None
         self._done = False
 
     async def write(self, data: bytes) -> None:
@@ -58,6 +64,9 @@ class S3Writer:
 
     async def _send_part(self) -> None:
         if self._upload_id is None:
+            # Marked first: a process killed from here on leaves an upload that the sweep can date.
+            self._marker = self._backend._key(f"{WRITES}{int(time.time() * 1000):014d}/") + self._key
+            await self._client.put_object(Bucket=self._backend.bucket, Key=self._marker, Body=b"")
             answer = await self._client.create_multipart_upload(Bucket=self._backend.bucket, Key=self._key)
             self._upload_id = answer["UploadId"]
         number = len(self._parts) + 1
@@ -79,6 +88,12 @@ class S3Writer:
             )
         self._buffer = bytearray()
         self._done = True
+        await self._unmark()
+
+    async def _unmark(self) -> None:
+        if self._marker is not None:
+            await self._client.delete_object(Bucket=self._backend.bucket, Key=self._marker)
+            self._marker = None
 
     async def abort(self) -> None:
         if self._done:
@@ -89,6 +104,7 @@ class S3Writer:
             await self._client.abort_multipart_upload(
                 Bucket=self._backend.bucket, Key=self._key, UploadId=self._upload_id
             )
+        await self._unmark()
 
 
 class S3Backend:
@@ -180,6 +196,30 @@ class S3Backend:
         async for page in client.get_paginator("list_objects_v2").paginate(**arguments):
             for item in page.get("Contents", ()):
                 yield item["Key"][len(self.prefix):]
+
+    async def remove_abandoned(self, started_before: float, limit: int) -> int:
+        # A killed writer's multipart upload: its parts stay in the bucket (and are billed) until it is aborted.
+        client = await self._s3()
+        removed = 0
+        async for marker in self.keys(WRITES):  # oldest first
+            stamp, _, key = marker[len(WRITES):].partition("/")  # the upload's key in the bucket, prefix included
+            if int(stamp) / 1000 >= started_before or removed == limit:
+                break
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key)
+            async for page in pages:
+                for upload in page.get("Uploads", ()):
+                    if upload["Key"] != key:
+                        continue  # another key that begins with this one
+                    try:
+                        await client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                            UploadId=upload["UploadId"])
+                    except ClientError as err:
+                        if str(err.response.get("Error", {}).get("Code")) != "NoSuchUpload":
+                            raise
+                        continue  # completed or aborted meanwhile
+                    removed += 1
+            await self.delete(marker)
+        return removed
 
     async def aclose(self) -> None:
         await self._stack.aclose()

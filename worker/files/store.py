@@ -12,7 +12,9 @@ way live here, not in Redis. One `FileStore` sits on one backend (a directory or
 Writing is streamed (`async with store.writer(name) as w: await w.write(chunk) ...; await w.commit()`)
 and atomic: readers see the whole object or none of it, and leaving the block without `commit` (an
 exception, a refused upload) leaves nothing behind. A crash between the steps of a commit leaves at most
-an invisible object whose marker is already in place, so the sweep removes it in due time.
+an invisible object whose marker is already in place, so the sweep removes it in due time. A process killed
+mid-write (an API killed during an upload) leaves a temporary file or an S3 multipart upload, invisible to
+readers; `sweep_abandoned` removes it once it is older than any write still under way could be.
 
 Names are written once: the batch runner's parts and every file id are new names (`names.new_file_id`).
 A store is used from one event loop (the API's, or a worker process's runtime loop).
@@ -191,6 +193,10 @@ class FileStore:
                 deleted += info is not None
             await self.backend.delete(key)
         return SweepResult(deleted, examined, more=False)
+
+    async def sweep_abandoned(self, started_before: float, limit: int = SWEEP_LIMIT) -> int:
+        """Remove what writes cut off with their process left, last written before `started_before`."""
+        return await self.backend.remove_abandoned(started_before, limit)
 
     async def aclose(self) -> None:
         await self.backend.aclose()

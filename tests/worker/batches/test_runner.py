@@ -20,6 +20,6 @@ def test_sweep_files_deletes_what_expired_and_keeps_the_rest(tmp_path: Path) -> 
 
     asyncio.run(store("batch_a/parts/out-1", 1_000))  # long expired: a part a crash left behind
     asyncio.run(store("file-kept", 4_000_000_000))
-    assert sweep_files(files) == 1
+    assert sweep_files(files, abandoned_write_s=3600) == 1
     assert asyncio.run(files.stat("batch_a/parts/out-1")) is None
     assert asyncio.run(files.stat("file-kept")) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 
 from llmq.worker.files.backend import Backend, ObjectNotFound
-from llmq.worker.files.directory import DirectoryBackend
+from llmq.worker.files.directory import DirectoryBackend, DirectoryWriter
 from llmq.worker.files.names import InvalidName, new_file_id
-from llmq.worker.files.s3 import MIN_PART_BYTES, S3Backend
+from llmq.worker.files.s3 import MIN_PART_BYTES, S3Backend, S3Writer
 from llmq.worker.files.store import FileStore, LineTooLong, ObjectInfo
 
 from .conftest import MakeBackend
@@ -206,6 +207,35 @@ def test_sweep_removes_what_a_crash_mid_commit_left(make_backend: MakeBackend) -
         return await everything_stored(store.backend)
 
     assert run(make_backend, scenario) == []
+
+
+@pytest.mark.parametrize("size", [10, MIN_PART_BYTES + 10])  # buffered only, and a multipart upload under way
+def test_sweep_removes_what_a_process_killed_mid_write_left(make_backend: MakeBackend, size: int) -> None:
+    async def scenario(store: FileStore) -> None:
+        # Written, then the process dies: neither commit nor abort ever runs.
+        cut = await store.backend.open_writer("objects/file-cut")
+        await cut.write(b"x" * size)
+        if isinstance(cut, DirectoryWriter):
+            await cut._flush()  # what its next megabyte would have done
+            await store.backend.put("meta/.file-half.0123456789ab.tmp", b"")  # a `put` killed mid-way
+        assert await store.stat("file-cut") is None
+        # Left: two temporary files; or an S3 multipart upload (and its marker), but nothing before the first part.
+        left = 2 if isinstance(cut, DirectoryWriter) else int(size > MIN_PART_BYTES)
+        assert len(await everything_stored(store.backend)) == 2 * left if isinstance(cut, S3Writer) else left
+        await asyncio.sleep(0.05)
+        started_before = time.time()
+        await asyncio.sleep(1.1)  # past the clock's grain (an S3 server's may be a second)
+        async with store.writer("file-live") as live:  # a write under way, begun after the cut-off: kept
+            await live.write(b"y" * size)
+            assert await store.sweep_abandoned(started_before=started_before - 3600) == 0  # nothing that old
+            assert await store.sweep_abandoned(started_before=started_before) == left
+            await live.commit()
+        if isinstance(cut, DirectoryWriter):
+            cut._handle.close()  # the dead process's descriptor, closed with it
+        assert await read(store, "file-live") == b"y" * size
+        assert await everything_stored(store.backend) == ["meta/file-live", "objects/file-live"]
+
+    run(make_backend, scenario)
 
 
 @pytest.mark.parametrize("name", [
