@@ -12,7 +12,7 @@ import pytest
 
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
-from tests.stack import MockProxy, Stack, chat, eventually, submit, wait_finished
+from tests.stack import MockProxy, Stack, chat, eventually, submit, unfinished_jobs, wait_finished
 
 APP_MAX = 5
 UNKNOWN_MAX = 3
@@ -71,7 +71,7 @@ def test_a_known_app_id_has_its_own_quota_batch_lines_included(api_only: Stack, 
     with api_only.client("5003:key-c") as client:
         too_many = client.post("/v1/jobs/batch", json={"jobs": [{"request": chat(model)}] * (APP_MAX + 1)})
         assert_over_quota(too_many, "LLMQ_APP_MAX_UNFINISHED")
-        assert api_only.redis.zcard(redis_keys.ACTIVE_JOBS) == 0  # none of the batch was recorded
+        assert unfinished_jobs(api_only.redis) == 0  # none of the batch was recorded
         batch = client.post("/v1/jobs/batch", json={"jobs": [{"request": chat(model)}] * APP_MAX}).json()
         assert batch["accepted"] == APP_MAX
         assert_over_quota(client.post("/v1/jobs", json={"request": chat(model)}), "LLMQ_APP_MAX_UNFINISHED")
