@@ -16,9 +16,9 @@ from tests.redis_monitor import CommandLog
 from tests.stack import MockProxy, Stack, chat, eventually
 
 BUDGET = 15
-# A lone single POST pays the quota's count, entry and removal (ZCARD, ZADD, ZREM) on its own: 17.2-18.1 measured,
-# against 14.4 before quotas (README, Known limits). Batches and POSTs grouped under load share the first two.
-SINGLE_POST_BUDGET = 19
+# Single POSTs back to back are held to it too: one index of unfinished jobs, partitioned by app id, costs them a
+# ZCARD and a ZADD at submission and a ZREM at the end (14.8 measured; 16.6-18.6 with a second index beside the
+# quota sets, docs/capacity.md).
 JOBS = 100
 
 
@@ -67,7 +67,7 @@ def test_a_batch_costs_at_most_15_commands_per_job(budget_stack: Stack, model: s
     assert per_job <= BUDGET, commands.most_common(12)
 
 
-def test_single_posts_one_at_a_time_stay_within_their_budget(budget_stack: Stack, model: str) -> None:
+def test_single_posts_one_at_a_time_cost_at_most_15_commands_per_job(budget_stack: Stack, model: str) -> None:
     def submit() -> None:
         with budget_stack.client() as client:
             for n in range(JOBS):
@@ -75,7 +75,7 @@ def test_single_posts_one_at_a_time_stay_within_their_budget(budget_stack: Stack
 
     per_job, commands = count_commands(budget_stack, submit)
     print(f"single POSTs: {per_job:.1f} commands per job: {commands.most_common(20)}")
-    assert per_job <= SINGLE_POST_BUDGET, commands.most_common(12)
+    assert per_job <= BUDGET, commands.most_common(12)
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,11 @@ def test_a_known_app_id_has_its_own_quota_batch_lines_included(api_only: Stack, 
     # The shared quota of unknown app ids is untouched.
     assert api_only.redis.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED) == 0
     assert api_only.redis.zcard(redis_keys.app_unfinished("5003")) == APP_MAX
+    # /metrics counts every partition of the index of unfinished jobs (no worker here: nothing moves meanwhile).
+    unfinished = unfinished_jobs(api_only.redis)
+    assert unfinished >= APP_MAX
+    with api_only.client() as client:
+        assert f"\nllmq_unfinished_jobs {float(unfinished)}\n" in client.get("/metrics").text
 
 
 def test_a_quota_heals_from_entries_whose_records_are_gone(api_only: Stack, model: str) -> None:

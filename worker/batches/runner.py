@@ -214,9 +214,8 @@ def _quota_room(rt: Runtime, app_id: str) -> tuple[Quota, int]:
     pipe.zcard(redis_keys.app_unfinished(app_id))
     pipe.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED)
     known, own, shared = pipe.execute()
-    if app_id in trusted_app_ids(settings) or known:
-        return Quota.of(app_id, True, settings), settings.app_max_unfinished - int(own)
-    return Quota.of(app_id, False, settings), settings.unknown_apps_max_unfinished - int(shared)
+    quota = Quota.of(app_id, app_id in trusted_app_ids(settings) or bool(known), settings)
+    return quota, quota.limit - int(shared if quota.partition == redis_keys.UNKNOWN_APPS_UNFINISHED else own)
 
 
 async def _next_lines(

@@ -43,22 +43,19 @@ MARK_KEPT_S = 5 * MARK_TRUSTED_S
 PARTITIONS_PER_SWEEP = 1000
 
 
-
 @dataclass(frozen=True)
 class Quota:
     """The partition an app id's new jobs go to, and how many unfinished jobs it may hold."""
 
     partition: str
     limit: int
-    variable: str  # the setting that sets the limit, for messages
 
     @classmethod
     def of(cls, app_id: str, known: bool, settings: Settings) -> Quota:
         """As the submit script chooses: the app id's own partition once it is known, else the shared one."""
         if known:
-            return cls(redis_keys.app_unfinished(app_id), settings.app_max_unfinished, "LLMQ_APP_MAX_UNFINISHED")
-        return cls(redis_keys.UNKNOWN_APPS_UNFINISHED, settings.unknown_apps_max_unfinished,
-                   "LLMQ_UNKNOWN_APPS_MAX_UNFINISHED")
+            return cls(redis_keys.app_unfinished(app_id), settings.app_max_unfinished)
+        return cls(redis_keys.UNKNOWN_APPS_UNFINISHED, settings.unknown_apps_max_unfinished)
 
 
 def trusted_app_ids(settings: Settings) -> frozenset[str]:
