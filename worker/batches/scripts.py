@@ -14,7 +14,7 @@ from llmq.worker import redis_keys
 #       then per job: pair_count, now, job_id, line, next_line and next_offset after it, message, field, value…
 # Records the jobs of the next lines and moves the checkpoint, only if the batch is still running undisturbed
 # and nobody fed these lines already; no more of them than the app's quota has room for (the checkpoint then
-# moves to the last line recorded: the others are fed later). A partition found empty is marked in use.
+# moves to the last line recorded: the others are fed later). The partition is marked in use (the sweeper walks it).
 # Returns the number of jobs recorded (0: refused, or no room).
 FEED = """
 local b = redis.call('HMGET', KEYS[1], 'status', 'ending', 'next_line')
@@ -36,7 +36,7 @@ for k = 5, #KEYS, 2 do
   a = pairs_end + 1
 end
 if n == 0 then return 0 end
-if held == 0 then redis.call('ZADD', KEYS[3], 'GT', first_now, partition) end
+redis.call('ZADD', KEYS[3], 'GT', first_now, partition)
 redis.call('HSET', KEYS[1], 'next_line', next_line, 'next_offset', next_offset)
 redis.call('HINCRBY', KEYS[1], 'fed', n)
 return n

@@ -32,7 +32,7 @@ _TERMINAL_TABLE = "local terminal = {" + ", ".join(f"{status} = true" for status
 # Per caller (one owner and its app id): its rejected-key marker, its app's partition of the index of unfinished
 # jobs (llmq.worker.jobs.unfinished: the app's quota, counted with ZCARD) and its own jobs' index (the listing's:
 # every job of the owner, finished or not, scored by submission time); per job, its record.
-# A partition found empty is marked in use (the sweeper walks those), unless the API marked it lately itself.
+# The partition added to is marked in use (the sweeper walks those), unless the API marked it lately itself.
 # With fair turns (docs/fairness.md), a job goes to its broker queue only while its app has fewer unfinished jobs
 # than `direct_jobs` (counted by the partition, already read); the others go to the app's ready list for that queue,
 # and an app whose ready lists were empty enters the set of apps waiting for a turn, which rings the doorbell.
@@ -94,7 +94,7 @@ for c = 1, callers do
         refusal[c] = name
       else
         places[c] = counts[set]  -- unfinished jobs ahead of this caller's new ones
-        if counts[set] == 0 and not string.find(flags, set == unknown and 'u' or 'p', 1, true) then
+        if not string.find(flags, set == unknown and 'u' or 'p', 1, true) then
           marks[set] = true
         end
         counts[set] = counts[set] + need[c]

@@ -15,11 +15,12 @@ belongs to a record submitted before that, which has expired: the submit script'
 (`ZREMRANGEBYSCORE` of such entries when a partition is full) never takes a live job's place.
 
 Partitions in use are listed in `llmq:jobs:partitions`, scored by when one was last marked in use. The submit
-script marks a partition it finds empty before adding to it, unless the API process marked it itself less than
-`MARK_TRUSTED_S` ago (it says so with a flag, as for the other look-ups it skips): a partition with jobs is then
-always listed, at no command per job for an app whose jobs come one at a time. The sweeper drops a partition
-from the list only when it is empty and was marked more than `MARK_KEPT_S` ago, in one script, so it never drops
-one that a submission is about to fill on the strength of a mark (the margin covers clocks apart by minutes).
+script marks the partition it adds to, unless the API process marked it itself less than `MARK_TRUSTED_S` ago (it
+says so with a flag, as for the other look-ups it skips): once a minute per app id and API process, however many
+jobs, and a feed marks the partition it adds to. The sweeper drops a partition from the list only when it is empty
+and was marked more than `MARK_KEPT_S` ago, in one script, so it never drops one that a submission is about to
+fill on the strength of a recent mark (the margin covers clocks apart by minutes). A partition that holds jobs is
+therefore listed, whatever it held before (a previous version's quota set, entries of records gone).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def test_feed_records_only_what_the_quota_has_room_for_and_resumes_after_it(clie
     assert client.hget(redis_keys.batch(BATCH), "next_offset") == "30"
 
 
-def test_feed_marks_a_partition_it_finds_empty(client: redis.Redis) -> None:
+def test_feed_marks_the_partition_in_use(client: redis.Redis) -> None:
     client.hset(redis_keys.batch(BATCH), mapping={"status": "in_progress", "next_line": "0"})
     assert feed(client, 10, [(1, 10)]) == 1
     assert client.zscore(redis_keys.UNFINISHED_PARTITIONS, PARTITION) == 1000.0
