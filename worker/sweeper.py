@@ -68,7 +68,7 @@ def sweep(
     per sweep, each for at most its share of `BATCH` due entries, and drops those found empty from the list."""
     now = time.time() if now is None else now
     report = SweepReport()
-    unfinished.adopt_legacy(rt.redis, now, BATCH)  # what a previous version left in its single index
+    unfinished.adopt_legacy(rt.redis, now)  # what a previous version left in its single index
     listed = unfinished.partitions_to_sweep(rt.redis)
     share = max(BATCH // max(len(listed), 1), MIN_SHARE)
     for partition in listed:

@@ -42,6 +42,8 @@ MARK_TRUSTED_S = 60.0
 MARK_KEPT_S = 5 * MARK_TRUSTED_S
 # Partitions one sweep looks at, at most: the walk resumes where it stopped at the next sweep.
 PARTITIONS_PER_SWEEP = 1000
+# Entries of the previous version's single index one sweep moves, at most (README, Upgrading).
+ADOPT_PER_SWEEP = 2000
 
 
 @dataclass(frozen=True)
@@ -75,23 +77,30 @@ if marked >= tonumber(ARGV[1]) then return 0 end
 return redis.call('ZREM', KEYS[1], KEYS[2])
 """
 
-# KEYS: the previous version's index, job, partitions in use, the partition for a record that names none
-# ARGV: job id, its score there, now
-# Moves one entry of the previous version's index into its job's partition (the one its record names; a batch line
-# of that version names none and is given KEYS[4]), or drops it if the job is finished or gone.
+# KEYS: the previous version's index, partitions in use
+# ARGV: now, then per entry: job id, its score there, the partition for a record that names none
+# Moves entries of the previous version's index into their jobs' partitions (the one the record names; a batch line
+# of that version names none and is given the one passed), or drops them if the job is finished or gone. Job keys
+# are built here from the ids (a Redis cluster would need them as KEYS). Returns the number of entries moved.
 ADOPT = """
-local f = redis.call('HMGET', KEYS[2], 'status', 'quota_set')
-if f[1] == 'queued' or f[1] == 'running' or f[1] == 'retrying' then
-  local partition = f[2]
-  if not partition then
-    partition = KEYS[4]
-    redis.call('HSET', KEYS[2], 'quota_set', partition)
+local moved = 0
+for i = 2, #ARGV, 3 do
+  local id, job = ARGV[i], JOB_KEY_PREFIX .. ARGV[i]
+  local f = redis.call('HMGET', job, 'status', 'quota_set')
+  if f[1] == 'queued' or f[1] == 'running' or f[1] == 'retrying' then
+    local partition = f[2]
+    if not partition then
+      partition = ARGV[i + 2]
+      redis.call('HSET', job, 'quota_set', partition)
+    end
+    redis.call('ZADD', partition, ARGV[i + 1], id)
+    redis.call('ZADD', KEYS[2], 'GT', ARGV[1], partition)
+    moved = moved + 1
   end
-  redis.call('ZADD', partition, ARGV[2], ARGV[1])
-  redis.call('ZADD', KEYS[3], 'GT', ARGV[3], partition)
+  redis.call('ZREM', KEYS[1], id)
 end
-return redis.call('ZREM', KEYS[1], ARGV[1])
-"""
+return moved
+""".replace("JOB_KEY_PREFIX", repr(redis_keys.job("")))
 
 
 def partitions_to_sweep(client: redis.Redis, limit: int = PARTITIONS_PER_SWEEP) -> list[str]:
@@ -114,8 +123,9 @@ def drop_if_empty(client: redis.Redis, partition: str, now: float) -> bool:
     return bool(client.eval(DROP_IF_EMPTY, 2, redis_keys.UNFINISHED_PARTITIONS, partition, repr(now - MARK_KEPT_S)))
 
 
-def adopt_legacy(client: redis.Redis, now: float, limit: int) -> int:
-    """Move up to `limit` entries of the previous version's single index into their partitions; how many."""
+def adopt_legacy(client: redis.Redis, now: float, limit: int = ADOPT_PER_SWEEP) -> int:
+    """Move up to `limit` entries of the previous version's single index into their partitions (or drop those of
+    jobs finished or gone); how many were looked at."""
     entries = cast(list[tuple[str, float]], client.zrange(redis_keys.LEGACY_ACTIVE_JOBS, 0, limit - 1,
                                                           withscores=True))
     if not entries:
@@ -128,10 +138,11 @@ def adopt_legacy(client: redis.Redis, now: float, limit: int) -> int:
     for app_id in apps:
         pipe.sismember(redis_keys.KNOWN_APPS, redis_keys.name_part(app_id or ""))
     known = cast(list[int], pipe.execute())
+    args: list[str] = [repr(now)]
     for (job_id, score), app_id, is_known in zip(entries, apps, known, strict=True):
-        fallback = redis_keys.app_unfinished(app_id or "") if is_known else redis_keys.UNKNOWN_APPS_UNFINISHED
-        client.eval(ADOPT, 4, redis_keys.LEGACY_ACTIVE_JOBS, redis_keys.job(job_id), redis_keys.UNFINISHED_PARTITIONS,
-                    fallback, job_id, repr(score), repr(now))
+        args += [job_id, repr(score),
+                 redis_keys.app_unfinished(app_id or "") if is_known else redis_keys.UNKNOWN_APPS_UNFINISHED]
+    client.eval(ADOPT, 2, redis_keys.LEGACY_ACTIVE_JOBS, redis_keys.UNFINISHED_PARTITIONS, *args)
     return len(entries)
 
 
