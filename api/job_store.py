@@ -14,6 +14,7 @@ from llmq.api.stream_reader import Subscription
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
 from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, read_json, state_event
+from llmq.worker.jobs.unfinished import MARK_TRUSTED_S
 
 # What redis-py returns from the stream commands, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
@@ -101,6 +102,7 @@ class AsyncJobStore:
         self._known_apps: set[str] = set()  # app ids the proxy accepted (an app id stays known)
         self._not_rejected_at: dict[str, float] = {}  # owner -> when its key was last found not rejected
         self._index_trimmed_at: dict[str, float] = {}  # owner -> when a submission last trimmed its index
+        self._marked_at: dict[str, float] = {}  # partition -> when a submission last marked it in use
         # Single submissions arriving together share a round trip (see api.group_commit).
         self.submit_one: GroupCommit[Submission, str | Refusal] = GroupCommit(self.submit_many, max_items=1000)
 
@@ -112,24 +114,25 @@ class AsyncJobStore:
         batch or a group of single POSTs (1,000 jobs), which holds Redis for some 25-35 ms (docs/capacity.md)."""
         call, owners, apps = self._submit_call(submissions)
         replies = await self._submit(**call)
-        answers: list[str | Refusal] = [_refusal(reply) if reply.startswith("!") else reply for reply in replies[:-1]]
-        self._remember(owners, apps, replies[-1], answers, submissions)
+        answers: list[str | Refusal] = [_refusal(reply) if reply.startswith("!") else reply for reply in replies[:-2]]
+        self._remember(owners, apps, replies[-2], replies[-1], answers, submissions)
         return answers
 
     def _remember(
-        self, owners: list[str], apps: list[str], known: str, answers: list[str | Refusal],
+        self, owners: list[str], apps: list[str], known: str, marked: str, answers: list[str | Refusal],
         submissions: list[Submission],
     ) -> None:
-        if len(self._known_apps) >= CALLER_CACHE_SIZE:
-            self._known_apps.clear()
-        if len(self._not_rejected_at) >= CALLER_CACHE_SIZE:
-            self._not_rejected_at.clear()
-        if len(self._index_trimmed_at) >= CALLER_CACHE_SIZE:
-            self._index_trimmed_at.clear()
+        for cache in (self._known_apps, self._not_rejected_at, self._index_trimmed_at, self._marked_at):
+            if len(cache) >= CALLER_CACHE_SIZE:
+                cache.clear()
         self._known_apps.update(app for app, flag in zip(apps, known, strict=True) if flag == "k")
         rejected = {s.job.owner for s, a in zip(submissions, answers, strict=True)
                     if isinstance(a, Refusal) and a.reason == "rejected_key"}
         now = time.monotonic()
+        for app, is_known, is_marked in zip(apps, known, marked, strict=True):
+            if is_marked == "m":
+                partition = redis_keys.app_unfinished(app) if is_known == "k" else redis_keys.UNKNOWN_APPS_UNFINISHED
+                self._marked_at[partition] = now
         for owner in owners:
             if owner not in rejected:
                 self._not_rejected_at.setdefault(owner, now)
@@ -165,7 +168,9 @@ class AsyncJobStore:
                     del self._index_trimmed_at[job.owner]
                     trimmed_at = None
                 caller_args += [redis_keys.name_part(job.app_id),
-                                ("k" if known else "") + ("" if checked_at else "r") + ("" if trimmed_at else "t")]
+                                ("k" if known else "") + ("" if checked_at else "r") + ("" if trimmed_at else "t")
+                                + ("p" if self._marked_lately(redis_keys.app_unfinished(job.app_id), now) else "")
+                                + ("u" if self._marked_lately(redis_keys.UNKNOWN_APPS_UNFINISHED, now) else "")]
             idem = redis_keys.idempotency(job.owner, submission.idempotency_key) if submission.idempotency_key else ""
             fields = job.fields
             job_keys += [redis_keys.job(job.id), idem, submission.queue or ""]
@@ -173,12 +178,30 @@ class AsyncJobStore:
                          repr(job.deadline) if job.deadline is not None else ""]
             for pair in fields.items():
                 job_args += pair
-        keys_ = [redis_keys.ACTIVE_JOBS, redis_keys.KNOWN_APPS, redis_keys.UNKNOWN_APPS_UNFINISHED,
+        keys_ = [redis_keys.UNFINISHED_PARTITIONS, redis_keys.KNOWN_APPS, redis_keys.UNKNOWN_APPS_UNFINISHED,
                  redis_keys.DEADLINES, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL, *caller_keys, *job_keys]
         args = [self.ttl_s, repr(time.time() - self.ttl_s), self.quotas.app_max, self.quotas.unknown_apps_max,
                 len(callers), self.ttl_s + 2 * int(OWNER_INDEX_TRIM_S),
                 "" if self.fair_direct_jobs is None else self.fair_direct_jobs, *caller_args, *job_args]
         return {"keys": keys_, "args": args}, list(callers), apps
+
+    def _marked_lately(self, partition: str, now: float) -> bool:
+        """This process marked the partition in use lately: the sweeper keeps it listed (worker.jobs.unfinished)."""
+        marked_at = self._marked_at.get(partition)
+        return marked_at is not None and now - marked_at < MARK_TRUSTED_S
+
+    async def quota_full(self, app_id: str) -> Refusal | None:
+        """The refusal a job of `app_id` would get now for its quota (the partition the submit script would choose
+        is at its limit), or None. A read only: what is admitted on its strength can still be refused later."""
+        known = app_id in self.quotas.trusted_app_ids or app_id in self._known_apps
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sismember(redis_keys.KNOWN_APPS, redis_keys.name_part(app_id))
+        pipe.zcard(redis_keys.app_unfinished(app_id))
+        pipe.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED)
+        found, own, shared = await pipe.execute()
+        if known or found:
+            return Refusal("app_quota") if own >= self.quotas.app_max else None
+        return Refusal("unknown_app_quota") if shared >= self.quotas.unknown_apps_max else None
 
     async def forget(self, submissions: list[Submission]) -> None:
         """Undo submissions whose messages could not be published."""
@@ -186,10 +209,9 @@ class AsyncJobStore:
         for submission in submissions:
             job = submission.job
             pipe.delete(redis_keys.job(job.id))
-            pipe.zrem(redis_keys.ACTIVE_JOBS, job.id)
             if job.deadline is not None:
                 pipe.zrem(redis_keys.DEADLINES, job.id)
-            # It was counted in one of these two.
+            # Its partition of the index of unfinished jobs is one of these two.
             pipe.zrem(redis_keys.app_unfinished(job.app_id), job.id)
             pipe.zrem(redis_keys.UNKNOWN_APPS_UNFINISHED, job.id)
             pipe.zrem(redis_keys.owner_jobs(job.owner), job.id)

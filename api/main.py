@@ -22,9 +22,10 @@ from llmq.api.stream_reader import StreamReader
 from llmq.api.uploads import upload_body_limit
 from llmq.worker.celery_app import app as celery_app
 from llmq.worker.files.store import open_store
+from llmq.worker.jobs.unfinished import trusted_app_ids
 from llmq.worker.observability.logs import configure_logging
 from llmq.worker.runtime.gc_tuning import freeze_startup_objects
-from llmq.worker.secrets.key_vault import app_id_of, vault_for
+from llmq.worker.secrets.key_vault import vault_for
 from llmq.worker.settings import Settings, get_settings
 
 BROKER_CHECK_TIMEOUT_S = 2.0
@@ -61,8 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis = client
         app.state.memory = MemoryGuard(client, settings.redis_high_water)
-        trusted = frozenset({app_id_of(settings.service_key)} if settings.service_key else ())
-        quotas = Quotas(settings.app_max_unfinished, settings.unknown_apps_max_unfinished, trusted)
+        quotas = Quotas(settings.app_max_unfinished, settings.unknown_apps_max_unfinished, trusted_app_ids(settings))
         app.state.store = AsyncJobStore(client, settings.result_ttl_s, quotas, app.state.memory,
                                         settings.fair_direct_jobs if settings.fair_turns else None)
         app.state.stream_reader = reader

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 
@@ -45,8 +45,10 @@ class Drain:
         self.own: Counter[str] = Counter()
 
     def done(self) -> bool:
-        self.own["zcard"] += 1
-        if self.redis.zcard(redis_keys.ACTIVE_JOBS):
+        partitions = cast(list[str], self.redis.zrange(redis_keys.UNFINISHED_PARTITIONS, 0, -1))
+        self.own["zrange"] += 1
+        self.own["zcard"] += len(partitions)
+        if sum(cast(int, self.redis.zcard(partition)) for partition in partitions):
             return False
         self.own["zcard"] += 1
         return not self.redis.zcard(UNACKED_KEY)

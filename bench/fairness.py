@@ -20,7 +20,7 @@ from typing import Any
 import httpx2
 
 from llmq.bench.stack import BenchStack
-from llmq.worker import redis_keys
+from llmq.worker.jobs import unfinished
 
 FLOOD_KEY = "1111:bench-flooding-app"
 SMALL_KEY = "2222:bench-small-app"
@@ -55,9 +55,9 @@ def run(
                 submitted.append(time.time())
                 assert b.post("/v1/jobs", json={"request": chat}).status_code == 202
             deadline = time.monotonic() + flood * latency_ms / 1000 / slots * 3 + 60
-            while stack.redis.zcard(redis_keys.ACTIVE_JOBS) and time.monotonic() < deadline:
+            while unfinished.count(stack.redis) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert not stack.redis.zcard(redis_keys.ACTIVE_JOBS), "jobs still unfinished at the end"
+            assert not unfinished.count(stack.redis), "jobs still unfinished at the end"
         calls = mock_admin.get("/_mock/calls", params={"model": MODEL}).json()["calls"]
         mock_admin.close()
     started = {app: sorted(c["at"] for c in calls if c["app_id"] == app) for app in ("1111", "2222")}

@@ -8,7 +8,7 @@ from typing import Any
 from llmq.bench import loadgen
 from llmq.bench.jobs import job_body
 from llmq.bench.stack import BENCH_KEY, BenchStack
-from llmq.worker import redis_keys
+from llmq.worker.jobs import unfinished
 
 CONNECTIONS = 64
 BATCH_SIZE = 1000
@@ -92,7 +92,7 @@ def run_submission(stack: BenchStack, posts: int, batches: int) -> dict[str, Any
         batch = _load(stack, "POST", "/v1/jobs/batch", batch_body, batches, BATCH_CONNECTIONS, 202)
         rounds.append({"healthz": _summary(health), "single_post": _summary(single),
                        "batch": _summary(batch, BATCH_SIZE), "single_vs_healthz": single["rate"] / health["rate"]})
-    queued = stack.redis.zcard(redis_keys.ACTIVE_JOBS)
+    queued = unfinished.count(stack.redis)
     expected = 100 + BATCH_SIZE + ROUNDS * (posts + batches * BATCH_SIZE)
     if queued != expected:
         raise RuntimeError(f"{queued} jobs recorded, expected {expected}")

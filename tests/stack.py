@@ -15,7 +15,7 @@ import redis
 
 from llmq.devstack.processes import ManagedProcess, api_process, worker_process
 from llmq.devstack.redis_server import free_port
-from llmq.worker import redis_keys
+from llmq.worker.jobs import unfinished
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ class Stack:
 
         def idle() -> bool:
             try:
-                return self.redis.zcard(redis_keys.ACTIVE_JOBS) == 0
+                return unfinished_jobs(self.redis) == 0
             except redis.ConnectionError:  # the test's own connection may lag behind a restarted Redis
                 return False
 
@@ -107,6 +107,11 @@ class Stack:
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def unfinished_jobs(client: redis.Redis) -> int:
+    """Jobs queued, running or retrying in this Redis (every partition of the index of unfinished jobs)."""
+    return unfinished.count(client)
 
 
 def chat(model: str, text: str = "hello", **extra: Any) -> dict[str, Any]:

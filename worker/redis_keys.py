@@ -15,8 +15,18 @@ BATCH_QUEUE = "llmq.batches"
 # first; then a high job waiting always goes before a normal one, and normal before low.
 QUEUES_IN_ORDER = (WEBHOOK_QUEUE, BATCH_QUEUE, *QUEUE_BY_PRIORITY.values())
 
-ACTIVE_JOBS = f"{PREFIX}:jobs:active"
-"""Sorted set of unfinished job ids, scored by last change: the sweeper's index."""
+# The index of unfinished jobs is partitioned by app id (`llmq.worker.jobs.unfinished`): each partition is one app
+# id's quota set (`app_unfinished`, `UNKNOWN_APPS_UNFINISHED`), and the sweeper walks the partitions in use.
+UNFINISHED_PARTITIONS = f"{PREFIX}:jobs:partitions"
+"""Sorted set of the partitions of the index of unfinished jobs that may hold jobs, scored by when one was last
+marked in use (a submission or a feed found it empty): what the sweeper walks. Never holds a job id."""
+
+UNFINISHED_SWEEP_CURSOR = f"{PREFIX}:jobs:partitions:cursor"
+"""Where the sweeper's walk of the partitions resumes (a `ZSCAN` cursor): each sweep visits a bounded number."""
+
+LEGACY_ACTIVE_JOBS = f"{PREFIX}:jobs:active"
+"""The index of unfinished jobs as one sorted set, written by versions before the partitioned index: the sweeper
+moves what it finds there into the partitions (README, Upgrading)."""
 
 DEADLINES = f"{PREFIX}:jobs:deadlines"
 """Sorted set of unfinished jobs that have a deadline, scored by it: what the deadline check reads."""
@@ -73,11 +83,12 @@ KNOWN_APPS = f"{PREFIX}:apps:known"
 """Set of app ids (as `name_part` writes them) whose key the proxy has accepted at least once."""
 
 UNKNOWN_APPS_UNFINISHED = f"{PREFIX}:quota:unknown"
-"""Sorted set of the unfinished jobs of app ids not known yet, scored by submission time: their shared quota."""
+"""The partition of the index of unfinished jobs shared by app ids not known yet: their shared quota (`ZCARD`).
+Scored as every partition is (`llmq.worker.jobs.unfinished`): by submission, then by when to look again."""
 
 
 def app_unfinished(app_id: str) -> str:
-    """Sorted set of one known app id's unfinished jobs, scored by submission time: its quota."""
+    """One known app id's partition of the index of unfinished jobs, batch lines included: its quota (`ZCARD`)."""
     return f"{PREFIX}:quota:app:{name_part(app_id)}"
 
 

@@ -27,6 +27,7 @@ import redis
 
 from llmq.worker import redis_keys
 from llmq.worker.job_runner import Runtime
+from llmq.worker.jobs import unfinished
 from llmq.worker.jobs.record import deadline_error, job_error
 from llmq.worker.observability import metrics
 from llmq.worker.runtime.redis_transport import deliveries_before, push_back, task_of
@@ -34,7 +35,8 @@ from llmq.worker.runtime.redis_transport import deliveries_before, push_back, ta
 log = logging.getLogger("llmq.sweeper")
 MAX_REQUEUES = 3
 CALL_TASK = "llmq.call_proxy"
-BATCH = 500
+BATCH = 500  # due entries one sweep looks at, shared between the partitions it visits
+MIN_SHARE = 20  # ... though each partition visited gets at least this many
 Publish = Callable[[str, str, str], None]
 
 
@@ -60,30 +62,49 @@ def overdue_at(fields: dict[str, str], visibility_s: float, stuck_after_s: float
 def sweep(
     rt: Runtime, publish: Publish, now: float | None = None, notify: Callable[[str], None] = lambda _: None
 ) -> SweepReport:
-    """Publish overdue jobs again; fail (and `notify` the callbacks of) those that never move."""
+    """Publish overdue jobs again; fail (and `notify` the callbacks of) those that never move.
+
+    Walks the partitions of the index of unfinished jobs in use (`llmq.worker.jobs.unfinished`), a bounded number
+    per sweep, each for at most its share of `BATCH` due entries, and drops those found empty from the list."""
     now = time.time() if now is None else now
+    report = SweepReport()
+    unfinished.adopt_legacy(rt.redis, now)  # what a previous version left in its single index
+    listed = unfinished.partitions_to_sweep(rt.redis)
+    share = max(BATCH // max(len(listed), 1), MIN_SHARE)
+    for partition in listed:
+        _sweep_partition(rt, publish, partition, now, share, notify, report)
+        unfinished.drop_if_empty(rt.redis, partition, now)
+    if report.requeued or report.failed:
+        log.warning("sweep: published again %d stuck job(s), failed %d", len(report.requeued), len(report.failed))
+    return report
+
+
+def _sweep_partition(
+    rt: Runtime, publish: Publish, partition: str, now: float, limit: int, notify: Callable[[str], None],
+    report: SweepReport,
+) -> None:
     settings = rt.settings
     horizon = now - min(settings.visibility_timeout_s, settings.stuck_after_s)
-    report = SweepReport()
     names = ("status", "lease_until", "next_attempt_at", "updated_at", "model", "priority", "requeues",
              "attempt_count", "requeued_at_attempt")
-    due = cast(list[str], rt.redis.zrangebyscore(redis_keys.ACTIVE_JOBS, 0, horizon, start=0, num=BATCH))
+    due = cast(list[str], rt.redis.zrangebyscore(partition, 0, horizon, start=0, num=limit))
     for job_id in due:
         values = cast(list[str | None], rt.redis.hmget(redis_keys.job(job_id), names))
         fields = {name: value for name, value in zip(names, values, strict=True) if value is not None}
         if "status" not in fields:  # expired with its TTL, unfinished: its event stream never got one
             rt.redis.delete(redis_keys.job_events(job_id))
-            rt.redis.zrem(redis_keys.ACTIVE_JOBS, job_id)
+            rt.redis.zrem(partition, job_id)
             report.forgotten += 1
             continue
         due_at = overdue_at(fields, settings.visibility_timeout_s, settings.stuck_after_s)
         if due_at is None:  # finished: its own last change should have taken it out
-            rt.redis.zrem(redis_keys.ACTIVE_JOBS, job_id)
+            rt.redis.zrem(partition, job_id)
             continue
         if due_at >= now:
             # Alive (a claim leaves the job's entry as it was, to save a command per job): come back to it
-            # in the sweep after it could be overdue.
-            rt.redis.zadd(redis_keys.ACTIVE_JOBS, {job_id: due_at - (now - horizon)}, xx=True)
+            # in the sweep after it could be overdue. Never before the job's submission (a lease, a retry's due
+            # time are after it): the submit script's self-healing relies on that (llmq.worker.jobs.unfinished).
+            rt.redis.zadd(partition, {job_id: due_at - (now - horizon)}, xx=True)
             continue
         # Republishing counts against a job only while it makes no attempt in between: a long job
         # rescued now and then over its life is not stuck.
@@ -99,14 +120,11 @@ def sweep(
             continue
         pipe = rt.redis.pipeline(transaction=False)
         pipe.hset(redis_keys.job(job_id), mapping={"requeues": requeues + 1, "requeued_at_attempt": attempts})
-        pipe.zadd(redis_keys.ACTIVE_JOBS, {job_id: now})  # not again before another full period
+        pipe.zadd(partition, {job_id: now}, xx=True)  # not again before another full period
         pipe.execute()
         queue = redis_keys.QUEUE_BY_PRIORITY.get(fields.get("priority", ""), "llmq.normal")
         publish(job_id, fields.get("model", ""), queue)
         report.requeued.append(job_id)
-    if report.requeued or report.failed:
-        log.warning("sweep: published again %d stuck job(s), failed %d", len(report.requeued), len(report.failed))
-    return report
 
 
 def expire_overdue(rt: Runtime, now: float | None = None, notify: Callable[[str], None] = lambda _: None) -> list[str]:

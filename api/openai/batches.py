@@ -19,23 +19,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from llmq.api.deps import Caller, CallerDep, SettingsDep, StoreDep, VaultDep
+from llmq.api.job_store import Refusal
 from llmq.api.openai.errors import OpenAIError, OpenAIErrorResponse
 from llmq.api.openai.files import owned_file
 from llmq.api.openai.owner_index import list_page, live_records
 from llmq.api.openai.route import BASE_PATHS, OpenAIRoute
-from llmq.api.submission import check_callback_fields
+from llmq.api.submission import QUOTA_RETRY_AFTER_S, check_callback_fields
 from llmq.api.uploads import MAX_EXPIRY_S, MIN_EXPIRY_S
 from llmq.worker import redis_keys
 from llmq.worker.batches import scripts
 from llmq.worker.batches.input_lines import CHAT_ENDPOINT
 from llmq.worker.batches.record import BATCH_ID_PREFIX, batch_object, new_batch_id
 from llmq.worker.files.records import UPLOAD_PURPOSE
-from llmq.worker.settings import Environment
+from llmq.worker.settings import Environment, Settings
 from llmq.worker.tasks import enqueue_batch_step
 
 log = logging.getLogger("llmq.api")
 router = APIRouter(tags=["batches"], route_class=OpenAIRoute)
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse} for code in (400, 401, 404, 409, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": OpenAIErrorResponse}
+                                           for code in (400, 401, 404, 409, 429, 503)}
 MAX_LIST_LIMIT = 100
 DEFAULT_OUTPUT_EXPIRY_S = 30 * 24 * 3600
 # OpenAI's metadata limits.
@@ -109,9 +111,23 @@ def _model_of(file_fields: dict[str, str]) -> str | None:
     return next(iter(models)) if len(models) == 1 else None
 
 
+def quota_error(refusal: Refusal, app_id: str, settings: Settings) -> OpenAIError:
+    """A batch refused because its app id has no room for another unfinished job (its lines count in the quota)."""
+    if refusal.reason == "app_quota":
+        limit = (f"its limit of {settings.app_max_unfinished} unfinished jobs (LLMQ_APP_MAX_UNFINISHED), batch lines "
+                 "included")
+    else:
+        limit = (f"the limit of {settings.unknown_apps_max_unfinished} unfinished jobs that app ids whose key the "
+                 "proxy has not accepted yet share (LLMQ_UNKNOWN_APPS_MAX_UNFINISHED), batch lines included")
+    return OpenAIError(429, f"App id {app_id[:100]!r} is at {limit}; the batch was not created. Try again as its "
+                            "jobs finish, or cancel some.", code="quota_exceeded",
+                       headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)})
+
+
 def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-def]
     async def create_batch(
         request: Request, body: BatchCreate, caller: CallerDep, settings: SettingsDep, vault: VaultDep,
+        store: StoreDep,
     ) -> dict[str, Any]:
         """Create a batch from an uploaded file of chat completion requests; it runs on the workers."""
         client = redis_of(request)
@@ -124,6 +140,9 @@ def endpoint_for(environment: Environment | None):  # type: ignore[no-untyped-de
             raise OpenAIError(400, f"The file's purpose is {file_fields.get('purpose')!r}; a batch's input file must "
                                    "be uploaded with purpose=batch.", code="invalid_input_file", param="input_file_id")
         await check_callback_fields(body.callback_url, body.callback_secret, settings)
+        full = await store.quota_full(caller.app_id)
+        if full is not None:
+            raise quota_error(full, caller.app_id, settings)
         env = environment or settings.upstream_default_env
         if settings.upstream_url(env) is None:
             raise OpenAIError(400, f"No proxy URL is configured for the {env!r} environment "

@@ -14,12 +14,16 @@ router = APIRouter(tags=["operations"])
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus metrics: jobs submitted and finished, queue depth per queue, unfinished jobs."""
-    pipe = request.app.state.redis.pipeline(transaction=False)
+    client = request.app.state.redis
+    partitions = await client.zrange(redis_keys.UNFINISHED_PARTITIONS, 0, -1)  # one per app id with jobs lately
+    pipe = client.pipeline(transaction=False)
     for queue in redis_keys.QUEUES_IN_ORDER:
         pipe.llen(queue)
-    pipe.zcard(redis_keys.ACTIVE_JOBS)
-    *depths, unfinished = await pipe.execute()
+    for partition in (*partitions, redis_keys.LEGACY_ACTIVE_JOBS):  # llmq.worker.jobs.unfinished
+        pipe.zcard(partition)
+    counts = await pipe.execute()
+    depths, unfinished = counts[:len(redis_keys.QUEUES_IN_ORDER)], counts[len(redis_keys.QUEUES_IN_ORDER):]
     for queue, depth in zip(redis_keys.QUEUES_IN_ORDER, depths, strict=True):
         metrics.QUEUE_DEPTH.labels(queue).set(depth)
-    metrics.UNFINISHED_JOBS.set(unfinished)
+    metrics.UNFINISHED_JOBS.set(sum(unfinished))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

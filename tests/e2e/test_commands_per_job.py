@@ -16,9 +16,13 @@ from tests.redis_monitor import CommandLog
 from tests.stack import MockProxy, Stack, chat, eventually
 
 BUDGET = 15
-# A lone single POST pays the quota's count, entry and removal (ZCARD, ZADD, ZREM) on its own: 17.2-18.1 measured,
-# against 14.4 before quotas (README, Known limits). Batches and POSTs grouped under load share the first two.
-SINGLE_POST_BUDGET = 19
+# Single POSTs one at a time: a job's own commands are 14 (the submit script's 7, the claim's 3, the last
+# transition's 4) with one index of unfinished jobs, partitioned by app id (docs/capacity.md). Whether they fit the
+# budget of 15 depends on the worker, not the job: 14.7-14.8 when the worker comes back to a queue that holds the
+# next messages (one take for several), 16.4-16.6 when it idles between two POSTs, each waking it from BRPOP and
+# recorded with a ZADD of its own (18.5-18.9 and 16.7-16.9 in the same two cases with a second index beside the
+# quota sets).
+SINGLE_POST_BUDGET = 17
 JOBS = 100
 
 
@@ -40,8 +44,13 @@ def count_commands(stack: Stack, submit: object) -> tuple[float, Counter[str]]:
     own = Counter[str]()
 
     def finished() -> bool:
-        own["ZCARD"] += 2
-        return stack.redis.zcard(redis_keys.ACTIVE_JOBS) == 0 and stack.redis.zcard(UNACKED_KEY) == 0
+        partitions = stack.redis.zrange(redis_keys.UNFINISHED_PARTITIONS, 0, -1)
+        own["ZRANGE"] += 1
+        own["ZCARD"] += len(partitions)
+        if sum(stack.redis.zcard(partition) for partition in partitions):
+            return False
+        own["ZCARD"] += 1
+        return stack.redis.zcard(UNACKED_KEY) == 0
 
     with CommandLog(stack.redis_url, include_scripts=True) as log:
         submit()  # type: ignore[operator]
@@ -58,7 +67,7 @@ def test_a_batch_costs_at_most_15_commands_per_job(budget_stack: Stack, model: s
             assert response.json()["accepted"] == JOBS
 
     per_job, commands = count_commands(budget_stack, submit)
-    print(f"batch: {per_job:.1f} commands per job: {commands.most_common(12)}")
+    print(f"batch: {per_job:.1f} commands per job: {commands.most_common(20)}")
     assert per_job <= BUDGET, commands.most_common(12)
 
 
@@ -69,7 +78,7 @@ def test_single_posts_one_at_a_time_stay_within_their_budget(budget_stack: Stack
                 assert client.post("/v1/jobs", json={"request": chat(model, str(n))}).status_code == 202
 
     per_job, commands = count_commands(budget_stack, submit)
-    print(f"single POSTs: {per_job:.1f} commands per job: {commands.most_common(12)}")
+    print(f"single POSTs: {per_job:.1f} commands per job: {commands.most_common(20)}")
     assert per_job <= SINGLE_POST_BUDGET, commands.most_common(12)
 
 
@@ -97,7 +106,7 @@ def test_a_batch_waiting_for_fair_turns_costs_at_most_15_commands_per_job(fair_b
             assert response.json()["accepted"] == JOBS
 
     per_job, commands = count_commands(fair_budget_stack, submit)
-    print(f"batch, fair turns: {per_job:.1f} commands per job: {commands.most_common(12)}")
+    print(f"batch, fair turns: {per_job:.1f} commands per job: {commands.most_common(20)}")
     assert per_job <= BUDGET, commands.most_common(12)
     # The app leaves the set of apps waiting at the first take that finds its lists empty.
     eventually(lambda: fair_budget_stack.redis.zcard(redis_keys.FAIR_APPS) == 0, 10, "the drained app to leave")

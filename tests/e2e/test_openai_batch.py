@@ -320,6 +320,44 @@ def test_proxy_outage_mid_batch_one_probe_at_a_time_then_recovery(
     assert not batch_stack.redis.exists(breaker)  # closed: the trips are forgotten
 
 
+def test_batch_lines_count_in_their_app_quota_and_wait_for_room(batch_stack: Stack, mock_proxy: MockProxy,
+                                                                model: str) -> None:
+    """An app id not known yet shares LLMQ_UNKNOWN_APPS_MAX_UNFINISHED (1,000) with the others: a batch is refused
+    while that quota is full, and its lines are fed only as far as there is room."""
+    unknown = redis_keys.UNKNOWN_APPS_UNFINISHED
+    now = time.time()
+    others = {f"job_of_another_app{n}": now for n in range(1000)}  # fresh: neither due nor stale
+    batch_stack.redis.zadd(unknown, others)
+    mock_proxy.script(model, *[{"kind": "ok", "latency_ms": 1500}] * 3)
+    try:
+        with OpenAI(api_key="5161:quota-test-key", base_url=f"{batch_stack.base_url}/v1", max_retries=0) as client:
+            uploaded = upload(client, [request_line(f"r{i}", model) for i in range(3)])
+            with pytest.raises(openai.RateLimitError) as refused:
+                client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+            assert refused.value.code == "quota_exceeded"
+            assert "LLMQ_UNKNOWN_APPS_MAX_UNFINISHED" in refused.value.message and "'5161'" in refused.value.message
+            assert int(refused.value.response.headers["retry-after"]) > 0
+            batch_stack.redis.zrem(unknown, "job_of_another_app0")  # room for one
+            batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            deadline = time.monotonic() + 20
+            while not mock_proxy.calls(model):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            # The first line's call takes 1.5 s: meanwhile it fills the quota, and the window (3) holds it alone.
+            inflight = batch_stack.redis.hkeys(redis_keys.batch_inflight(batch.id))
+            assert len(inflight) == 1
+            assert batch_stack.redis.hget(redis_keys.job(inflight[0]), "quota_set") == unknown
+            assert batch_stack.redis.zcard(unknown) == 1000
+            batch_stack.redis.zrem(unknown, *others)
+            done = wait_batch(client, batch.id)
+            assert done.status == "completed" and done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (3, 0)
+    finally:
+        batch_stack.redis.zrem(unknown, *others)
+
+
 # --- webhooks (llmq's extension) ----------------------------------------------------------------------
 
 

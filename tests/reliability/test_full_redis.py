@@ -17,7 +17,17 @@ from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from llmq.worker.secrets.key_vault import vault_for
 from tests.redis_memory import filled, limited
-from tests.stack import CALLER_KEY, MockProxy, Stack, chat, eventually, submit, wait_finished, wait_status
+from tests.stack import (
+    CALLER_KEY,
+    MockProxy,
+    Stack,
+    chat,
+    eventually,
+    submit,
+    unfinished_jobs,
+    wait_finished,
+    wait_status,
+)
 
 QUEUE = redis_keys.QUEUE_BY_PRIORITY["normal"]
 
@@ -44,7 +54,7 @@ def api_only(own_redis: RedisServer, mock_proxy: MockProxy, make_stack: Callable
 
 
 def recorded_jobs(stack: Stack) -> int:
-    return stack.redis.zcard(redis_keys.ACTIVE_JOBS)
+    return unfinished_jobs(stack.redis)
 
 
 def queued_messages(stack: Stack) -> int:

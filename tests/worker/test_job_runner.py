@@ -187,7 +187,6 @@ def run_one(rt: Runtime, job_id: str, proxy: Proxy | None) -> tuple[Outcome, lis
 
 def forget(rt: Runtime, job_id: str) -> None:
     rt.redis.delete(redis_keys.job(job_id), redis_keys.job_events(job_id))
-    rt.redis.zrem(redis_keys.ACTIVE_JOBS, job_id)
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

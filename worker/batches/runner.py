@@ -30,6 +30,7 @@ from llmq.worker.files.names import new_file_id
 from llmq.worker.files.store import FileStore, ObjectNotFound
 from llmq.worker.job_runner import Runtime
 from llmq.worker.jobs.record import UNFINISHED, NewJob, dumps, new_job_id, state_event
+from llmq.worker.jobs.unfinished import Quota, trusted_app_ids
 from llmq.worker.runtime.broker_message import call_proxy_message
 from llmq.worker.runtime.event_loop import wait
 
@@ -189,26 +190,29 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         return
     if rt.breaker is not None and rt.breaker.open_for_s(fields["environment"], now) > 0:
         return  # the proxy is down for everyone: new lines would only fail
+    quota, room = _quota_room(rt, fields["app_id"])
+    if room <= 0:
+        return  # the app id is at its limit of unfinished jobs: its lines wait for room (docs/batch.md)
     start = int(fields.get("next_line") or 0)
     try:
-        lines, last, offset = wait(_next_lines(brt.files, fields["input_file_id"], start,
-                                               int(fields.get("next_offset") or 0), free))
+        lines = wait(_next_lines(brt.files, fields["input_file_id"], start, int(fields.get("next_offset") or 0),
+                                 min(free, room)))
     except ObjectNotFound:
         _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
         return
-    if last == start:
+    if not lines:
         return
     on_redis = rt.settings.effective_broker_url == rt.settings.redis_url
     queue = redis_keys.QUEUE_BY_PRIORITY[fields.get("priority", "low")]  # type: ignore[index]
     # With fair turns every line waits in its app id's ready list: a batch is the flood they exist for.
     fair_app = redis_keys.name_part(fields["app_id"]) if on_redis and rt.settings.fair_turns else ""
     pushed_to = redis_keys.fair_ready(fair_app, queue) if fair_app else queue
-    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.ACTIVE_JOBS,
-            redis_keys.DEADLINES, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL]
+    keys = [redis_keys.batch(batch_id), redis_keys.batch_inflight(batch_id), redis_keys.UNFINISHED_PARTITIONS,
+            quota.partition, redis_keys.DEADLINES, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL]
     deadline = float(fields["expires_at"])
-    args: list[str | int] = [str(start), str(last), rt.settings.result_ttl_s, str(offset), repr(deadline), fair_app]
+    args: list[str | int] = [str(start), rt.settings.result_ttl_s, quota.limit, repr(deadline), fair_app]
     jobs: list[NewJob] = []
-    for line_no, raw in lines:
+    for line_no, raw, end_offset in lines:
         data = json.loads(raw)
         body = dict(data["body"])
         body.pop("stream", None)  # a line's answer is one JSON body
@@ -225,22 +229,35 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
                       "retry_until": fields["expires_at"]}
         message = call_proxy_message(celery_app, job.id, job.model, queue) if on_redis else ""
         keys += [redis_keys.job(job.id), pushed_to if on_redis else ""]
-        args += [len(job_fields), repr(now), job.id, str(line_no), message]
+        args += [len(job_fields), repr(now), job.id, str(line_no), str(line_no), str(end_offset), message]
         for pair in job_fields.items():
             args += pair
         jobs.append(job)
-    fed = rt.redis.eval(scripts.FEED, len(keys), *keys, *args)
-    if fed and not on_redis and jobs:
+    fed = int(rt.redis.eval(scripts.FEED, len(keys), *keys, *args))
+    if fed and not on_redis:
         # Recorded first: if publishing fails, the sweeper publishes the queued jobs again.
-        brt.publish([(job.id, job.model, queue) for job in jobs])
+        brt.publish([(job.id, job.model, queue) for job in jobs[:fed]])
+
+
+def _quota_room(rt: Runtime, app_id: str) -> tuple[Quota, int]:
+    """The partition the app id's lines go to, as for its single jobs, and how many more unfinished jobs it may
+    have. Read before the lines, so an app at its limit reads none; the feed script checks again."""
+    settings = rt.settings
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.sismember(redis_keys.KNOWN_APPS, redis_keys.name_part(app_id))
+    pipe.zcard(redis_keys.app_unfinished(app_id))
+    pipe.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED)
+    known, own, shared = pipe.execute()
+    quota = Quota.of(app_id, app_id in trusted_app_ids(settings) or bool(known), settings)
+    return quota, quota.limit - int(shared if quota.partition == redis_keys.UNKNOWN_APPS_UNFINISHED else own)
 
 
 async def _next_lines(
     files: FileStore, name: str, start: int, offset: int, wanted: int
-) -> tuple[list[tuple[int, bytes]], int, int]:
-    """Up to `wanted` request lines after physical line `start` (which ends at byte `offset`): the lines with
-    their numbers, the last line number read, and the byte after it. The file is read from the checkpoint on."""
-    found: list[tuple[int, bytes]] = []
+) -> list[tuple[int, bytes, int]]:
+    """Up to `wanted` request lines after physical line `start` (which ends at byte `offset`), each with its
+    number and the byte after it. The file is read from the checkpoint on."""
+    found: list[tuple[int, bytes, int]] = []
     line_no = start
     reader = cast(AsyncGenerator[bytes, None], files.lines(name, start=offset))
     async with aclosing(reader) as lines:  # closes the file when leaving early
@@ -248,10 +265,10 @@ async def _next_lines(
             line_no += 1
             offset += len(raw) + 1  # past a last line without "\n" too: nothing follows it
             if raw.strip():
-                found.append((line_no, raw))
+                found.append((line_no, raw, offset))
                 if len(found) == wanted:
                     break
-    return found, line_no, offset
+    return found
 
 
 def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
@@ -305,8 +322,9 @@ def _collect(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
     pipe = rt.redis.pipeline(transaction=True)
     pipe.hdel(redis_keys.batch_inflight(batch_id), *done)
     for job_id in done:
+        # A finished line left its partition with its last transition; a record gone with its TTL leaves it to the
+        # sweeper.
         pipe.delete(redis_keys.job(job_id), redis_keys.job_events(job_id))
-        pipe.zrem(redis_keys.ACTIVE_JOBS, job_id)
     if lost:  # a finished job left the deadline index as it ended; a record that expired with its TTL did not
         pipe.zrem(redis_keys.DEADLINES, *lost)
     for name, value in counts.items():

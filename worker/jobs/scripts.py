@@ -29,24 +29,28 @@ _TERMINAL_TABLE = "local terminal = {" + ", ".join(f"{status} = true" for status
 # maxmemory, before its first write, where a script without it would be stopped at its first write that needs
 # memory, after the ones that did not. Everything that can fail or refuse (the idempotency keys' reads, the
 # quotas, the keys the proxy rejected) is read before the first write; a script stopped midway is not undone.
-# Per caller (one owner and its app id): its rejected-key marker, its app's quota set and its own jobs' index (the
-# listing's: every job of the owner, finished or not, scored by submission time); per job, its record.
+# Per caller (one owner and its app id): its rejected-key marker, its app's partition of the index of unfinished
+# jobs (llmq.worker.jobs.unfinished: the app's quota, counted with ZCARD) and its own jobs' index (the listing's:
+# every job of the owner, finished or not, scored by submission time); per job, its record.
+# The partition added to is marked in use (the sweeper walks those), unless the API marked it lately itself.
 # With fair turns (docs/fairness.md), a job goes to its broker queue only while its app has fewer unfinished jobs
-# than `direct_jobs` (counted by the quota set, already read); the others go to the app's ready list for that queue,
+# than `direct_jobs` (counted by the partition, already read); the others go to the app's ready list for that queue,
 # and an app whose ready lists were empty enters the set of apps waiting for a turn, which rings the doorbell.
-# KEYS: active, known apps, unknown apps' quota set, deadlines, fair apps, doorbell; per caller: rejected marker,
-#       app quota set, owner's index; per job: job, idempotency ('' for none), broker queue ('' to publish separately)
+# KEYS: partitions in use, known apps, unknown apps' partition, deadlines, fair apps, doorbell; per caller: rejected
+#       marker, app partition, owner's index; per job: job, idempotency ('' for none), broker queue ('' to publish
+#       separately)
 # ARGV: ttl_s, stale_before, app_limit, unknown_limit, caller_count, owner index's TTL, direct_jobs ('' for no fair
 #       turns); per caller: app name, flags
 #       ('k': the app id is known, no need to look; 'r': look for the rejected-key marker; 't': trim the owner's
-#       index of entries older than a record's TTL and renew its own TTL; the API skips what it did lately);
+#       index of entries older than a record's TTL and renew its own TTL; 'p' / 'u': the app's / the unknown apps'
+#       partition was marked in use lately, no need to mark it; the API skips what it did lately);
 #       per job: caller index, pair_count, now, job_id, broker message, deadline ('' for none), field, value, ...
 # No event is written here: a job's `queued` event is always told from its record (api.event_history).
 # Returns, per job, the id that answers for it (an earlier job's on an idempotent replay), or its caller's refusal:
 # '!rejected_key:<ms left>' | '!app_quota' | '!unknown_app_quota'; then one character per caller: 'k' if its app
-# id is known, '-' otherwise.
+# id is known, '-' otherwise; then one per caller: 'm' if its partition was marked in use here, '-' otherwise.
 SUBMIT = """#!lua
-local active, known, unknown, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local partitions, known, unknown, deadlines = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, stale_before = ARGV[1], ARGV[2]
 local app_limit, unknown_limit, callers = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local index_ttl, direct_jobs, fair_apps, doorbell = ARGV[6], tonumber(ARGV[7]), KEYS[5], KEYS[6]
@@ -64,7 +68,7 @@ while k <= #KEYS do
   jobs[#jobs + 1] = job
   k, a = k + 3, job.last + 1
 end
-local refusal, quota_of, counts, known_apps, places = {}, {}, {}, {}, {}
+local refusal, quota_of, counts, known_apps, places, marks = {}, {}, {}, {}, {}, {}
 for c = 1, callers do
   if need[c] then
     local flags = ARGV[7 + 2 * c]
@@ -79,7 +83,10 @@ for c = 1, callers do
       known_apps[c] = set ~= unknown and 'k' or '-'
       counts[set] = counts[set] or redis.call('ZCARD', set)
       if counts[set] + need[c] > limit then
-        -- Self-healing: entries older than a record's TTL belong to records gone without a last transition.
+        -- Self-healing: entries older than a record's TTL belong to records gone without a last transition. An
+        -- entry's score is its submission time or a later time (when the sweeper is to look at it again, a retry's,
+        -- a wait's: llmq.worker.jobs.unfinished), never earlier, and a record lives a TTL from its submission:
+        -- so what is scored before `stale_before` is a record expired, never a live job.
         redis.call('ZREMRANGEBYSCORE', set, '-inf', '(' .. stale_before)
         counts[set] = redis.call('ZCARD', set)
       end
@@ -87,6 +94,9 @@ for c = 1, callers do
         refusal[c] = name
       else
         places[c] = counts[set]  -- unfinished jobs ahead of this caller's new ones
+        if not string.find(flags, set == unknown and 'u' or 'p', 1, true) then
+          marks[set] = true
+        end
         counts[set] = counts[set] + need[c]
         quota_of[c] = set
       end
@@ -98,7 +108,7 @@ local function bulk(command, key, items)
     redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
   end
 end
-local ids, entries, by_set, by_owner, by_queue, due, waiting = {}, {}, {}, {}, {}, {}, {}
+local ids, by_set, by_owner, by_queue, due, waiting = {}, {}, {}, {}, {}, {}
 for i, job in ipairs(jobs) do
   if job.existing then
     ids[i] = job.existing
@@ -111,8 +121,6 @@ for i, job in ipairs(jobs) do
     redis.call('HSET', job.key, 'quota_set', set, unpack(ARGV, job.first, job.last))
     redis.call('EXPIRE', job.key, ttl)
     if job.idem ~= '' then redis.call('SET', job.idem, job.id, 'EX', ttl) end
-    entries[#entries + 1] = job.now
-    entries[#entries + 1] = job.id
     if job.deadline ~= '' then
       due[#due + 1] = job.deadline
       due[#due + 1] = job.id
@@ -138,9 +146,12 @@ for i, job in ipairs(jobs) do
     ids[i] = job.id
   end
 end
-bulk('ZADD', active, entries)
 bulk('ZADD', deadlines, due)
-for set, items in pairs(by_set) do bulk('ZADD', set, items) end
+for set, items in pairs(by_set) do
+  bulk('ZADD', set, items)
+  -- Scored by a submission time (never lowered): the sweeper keeps an empty partition listed a while after.
+  if marks[set] then redis.call('ZADD', partitions, 'GT', items[1], set) end
+end
 for c, items in pairs(by_owner) do
   local index = KEYS[6 + 3 * c]
   bulk('ZADD', index, items)
@@ -162,13 +173,17 @@ if rings > 0 then
   for i = 1, math.min(rings, 16) do bells[i] = '1' end
   redis.call('LPUSH', doorbell, unpack(bells))
 end
-local told = {}
-for c = 1, callers do told[c] = known_apps[c] or '-' end
+local told, marked = {}, {}
+for c = 1, callers do
+  told[c] = known_apps[c] or '-'
+  marked[c] = quota_of[c] and by_set[quota_of[c]] and marks[quota_of[c]] and 'm' or '-'
+end
 ids[#ids + 1] = table.concat(told)
+ids[#ids + 1] = table.concat(marked)
 return ids
 """
 
-# KEYS: job, events, active, deadlines
+# KEYS: job, events, deadlines
 # ARGV: now, lease_until, job_id, expired_event_json, expired_error_json, ttl_s
 # Returns {'claimed', attempt, key_token, request, environment, max_attempts, model, callback_status, app_id, stream,
 #         deadline, relay}
@@ -176,7 +191,8 @@ return ids
 #      or {'expired', callback_status}: the job's deadline had passed, and the job now ends `expired`, uncalled
 #      or {'expiring', deadline}: it has, but ARGV[4] was '': call again with the expiry's event and error
 # One read and one write of the record: every command here counts against the Redis budget per job. The job
-# keeps its place in the index of unfinished jobs: the sweeper reads the lease when the entry comes due. A number
+# keeps its place in its partition of the index of unfinished jobs: the sweeper reads the lease when the entry comes
+# due. A number
 # the record holds is read as 0 when it is not one: an error here would hand the message back on every try.
 CLAIM = """
 TERMINAL_TABLE
@@ -215,8 +231,7 @@ if expired then
   redis.call('HSET', KEYS[1], unpack(ended))
   redis.call('HDEL', KEYS[1], 'next_attempt_at')
   redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  if f[16] then redis.call('ZREM', f[16], ARGV[3]) end  -- its place in its app's quota (api.job_store)
+  if f[16] then redis.call('ZREM', f[16], ARGV[3]) end  -- its partition of the index (llmq.worker.jobs.unfinished)
   if followed then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'e', ARGV[4])
     redis.call('EXPIRE', KEYS[2], ARGV[6])
@@ -242,10 +257,11 @@ return {'claimed', n, f[6], f[7], f[8], f[9], f[10], f[4] or '', f[11] or '', f[
   f[17] or ''}
 """
 
-# KEYS: job, events, active, deadlines
+# KEYS: job, events, deadlines
 # ARGV: to_status, allowed_from (',a,b,'), now, event_json, attempt_json ('' for none),
 #       terminal ('1'|'0'), job_id, ttl_s, field, value, ...
-# A finished job leaves the index of unfinished jobs and its quota set (named in its record by the submit script).
+# A finished job leaves its partition of the index of unfinished jobs, its app's quota (named in its record:
+# `quota_set`); a job that goes on is looked at again by the sweeper from now (its entry is only moved: `XX`).
 # A followed job's event stream gets the record's TTL here: the stream is born with the watch, a claim or a
 # cancel, and every job ends with this script (the sweeper fails those that never move).
 # Cancelling a running job announces it on the cancel channel: the worker holding its call aborts it.
@@ -273,12 +289,11 @@ if ARGV[6] == '1' then
   -- The lease (private) may stay; a retry's due time (public) may not.
   if f[3] then redis.call('HDEL', KEYS[1], 'next_attempt_at') end
   if followed then redis.call('EXPIRE', KEYS[2], ARGV[8]) end
-  redis.call('ZREM', KEYS[3], ARGV[7])
-  if f[6] then redis.call('ZREM', KEYS[4], ARGV[7]) end
-  if f[7] then redis.call('ZREM', f[7], ARGV[7]) end  -- its place in its app's quota (api.job_store)
+  if f[6] then redis.call('ZREM', KEYS[3], ARGV[7]) end
+  if f[7] then redis.call('ZREM', f[7], ARGV[7]) end
   if ARGV[1] == 'cancelled' and status == 'running' then redis.call('PUBLISH', 'CANCELS_CHANNEL', ARGV[7]) end
-else
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
+elseif f[7] then
+  redis.call('ZADD', f[7], 'XX', ARGV[3], ARGV[7])
 end
 return {'ok', ARGV[1]}
 """
@@ -415,8 +430,7 @@ def transition_call(
     if fields:
         for pair in fields.items():
             args += pair
-    keys = [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS, redis_keys.DEADLINES]
-    return ScriptCall(keys, args)
+    return ScriptCall([redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.DEADLINES], args)
 
 
 def update_callback_call(

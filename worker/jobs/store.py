@@ -60,7 +60,7 @@ class JobStore:
 
     def claim(self, job_id: str, lease_s: float, now: float | None = None) -> Claim:
         now = time.time() if now is None else now
-        keys_ = [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.ACTIVE_JOBS, redis_keys.DEADLINES]
+        keys_ = [redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.DEADLINES]
         # The expiry's event and error are made only when needed, by a second call (see `_expired_args`).
         reply = self._run(self._claim, keys_, [repr(now), repr(now + lease_s), job_id, *_NO_EXPIRY])
         if reply[0] == "expiring":

@@ -98,7 +98,7 @@ class FlowLimits:
         return self.cooldown_on_429 or any(tables)
 
 
-# KEYS: active jobs index, cooldown keys..., rpm keys..., concurrency keys...
+# KEYS: the job's partition of the index of unfinished jobs, cooldown keys..., rpm keys..., concurrency keys...
 # ARGV: job_id, now_ms ('' = the Redis server's clock), token, lease_ms, n_cooldown, n_rpm,
 #       interval_ms per rpm key..., limit per concurrency key...
 # Returns {'ok'} with everything taken, or {'wait', limit, key_index, wait_ms} with nothing taken.
@@ -209,17 +209,22 @@ class FlowControl:
 
     def admit(self, job_id: str) -> Grant | Wait:
         """Read the job's model and app, and take what its call needs (a job that will not run needs nothing)."""
-        model, app_id, status, lease_until = self.redis.hmget(
-            redis_keys.job(job_id), ["model", "app_id", "status", "lease_until"]
+        model, app_id, status, lease_until, partition = self.redis.hmget(
+            redis_keys.job(job_id), ["model", "app_id", "status", "lease_until", "quota_set"]
         )
         if status not in RUNNABLE:
             return Grant()  # missing or finished: the claim says so
         if status == "running" and lease_until and float(lease_until) > time.time():
             return Grant()  # another delivery holds it: the claim says so
-        return self.acquire(str(model or ""), str(app_id or ""), job_id=job_id)
+        return self.acquire(str(model or ""), str(app_id or ""), job_id=job_id, partition=str(partition or ""))
 
-    def acquire(self, model: str, app_id: str, *, job_id: str = "", now_ms: float | None = None) -> Grant | Wait:
-        """Everything a call of `model` for `app_id` needs, all at once, or the wait; nothing taken on a wait."""
+    def acquire(
+        self, model: str, app_id: str, *, job_id: str = "", partition: str | None = None, now_ms: float | None = None
+    ) -> Grant | Wait:
+        """Everything a call of `model` for `app_id` needs, all at once, or the wait; nothing taken on a wait.
+
+        A wait moves `job_id`'s entry in its `partition` of the index of unfinished jobs (the record's `quota_set`;
+        a record without one is in the previous version's single index) to now, so the sweeper leaves it alone."""
         names = {"model": model, "app": app_id}
         cool: list[tuple[str, str]] = []
         if self.limits.cooldown_on_429:
@@ -234,7 +239,8 @@ class FlowControl:
             job_id, "" if now_ms is None else repr(now_ms), token, repr(self.lease_ms), len(cool), len(rpm),
             *(repr(60_000 / limit) for _, _, limit in rpm), *(limit for _, _, limit in conc),
         ]
-        reply = self._acquire(keys=[redis_keys.ACTIVE_JOBS, *(key for key, _ in every)], args=args)
+        index = partition or redis_keys.LEGACY_ACTIVE_JOBS
+        reply = self._acquire(keys=[index, *(key for key, _ in every)], args=args)
         if reply[0] == "ok":
             return Grant(token, tuple(key for key, _, _ in conc)) if conc else Grant()
         _, limit, index, wait_ms = reply

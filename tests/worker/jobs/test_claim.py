@@ -15,6 +15,7 @@ from llmq.worker.jobs.record import NewJob, new_job_id
 from llmq.worker.jobs.store import JobStore
 
 LEASE_S = 30.0
+PARTITION = redis_keys.app_unfinished("a")  # the test jobs' partition of the index of unfinished jobs
 
 
 @pytest.fixture
@@ -28,8 +29,8 @@ def store(redis_server: RedisServer) -> Iterator[JobStore]:
 def a_job(store: JobStore, status: str = "queued", deadline: float | None = None, **fields: str) -> str:
     job = NewJob(id=new_job_id(), owner="o", key_token="t", model="m", request_json="{}", environment="test",
                  priority="high", max_attempts=3, created_at=time.time(), app_id="a", deadline=deadline)
-    store.redis.hset(redis_keys.job(job.id), mapping={**job.fields, "status": status, **fields})
-    store.redis.zadd(redis_keys.ACTIVE_JOBS, {job.id: job.created_at})
+    store.redis.hset(redis_keys.job(job.id), mapping={**job.fields, "status": status, "quota_set": PARTITION, **fields})
+    store.redis.zadd(PARTITION, {job.id: job.created_at})
     if deadline is not None:
         store.redis.zadd(redis_keys.DEADLINES, {job.id: deadline})
     return job.id
@@ -57,7 +58,7 @@ def test_a_job_past_its_deadline_is_expired_by_its_claim(
     assert job["error"]["type"] == "deadline_exceeded"
     assert [a["outcome"] for a in job["attempts"]] == attempts
     assert "next_attempt_at" not in job
-    assert store.redis.zscore(redis_keys.ACTIVE_JOBS, job_id) is None
+    assert store.redis.zscore(PARTITION, job_id) is None
     assert store.redis.zscore(redis_keys.DEADLINES, job_id) is None
     (_, last), = store.redis.xrevrange(redis_keys.job_events(job_id), count=1)
     assert json.loads(last["e"])["status"] == "expired"

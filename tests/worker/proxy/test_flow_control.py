@@ -140,18 +140,20 @@ def test_a_denied_slot_consumes_no_rpm_cell(client: redis.Redis) -> None:
 
 def test_admit_reads_the_job_and_keeps_the_held_job_alive(client: redis.Redis) -> None:
     fc = flow(client, model_concurrency="m=1")
+    partition = redis_keys.app_unfinished("7788")
     for job_id in ("j1", "j2"):
-        client.hset(redis_keys.job(job_id), mapping={"model": "m", "app_id": "7788", "status": "queued"})
-        client.zadd(redis_keys.ACTIVE_JOBS, {job_id: 1.0})
+        client.hset(redis_keys.job(job_id), mapping={"model": "m", "app_id": "7788", "status": "queued",
+                                                     "quota_set": partition})
+        client.zadd(partition, {job_id: 1.0})
     grant = fc.admit("j1")
     assert isinstance(grant, Grant) and grant.slot_keys
     assert isinstance(fc.admit("j2"), Wait)
-    assert client.zscore(redis_keys.ACTIVE_JOBS, "j2") > time.time() - 60  # the sweeper leaves it alone
-    assert client.zscore(redis_keys.ACTIVE_JOBS, "j1") == 1.0
+    assert client.zscore(partition, "j2") > time.time() - 60  # the sweeper leaves it alone
+    assert client.zscore(partition, "j1") == 1.0
     # Finished or missing jobs need no slot: the claim will skip them.
     client.hset(redis_keys.job("j2"), "status", "succeeded")
     assert fc.admit("j2") == Grant() and fc.admit("nope") == Grant()
-    assert client.zscore(redis_keys.ACTIVE_JOBS, "nope") is None
+    assert client.zscore(partition, "nope") is None
 
 
 def test_countdown_is_bounded_and_jittered() -> None:
