@@ -38,7 +38,12 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
 - `fair_turns`: no library at all: the weights and quantum `redis_transport`'s `TAKE` is given for fair turns
   between app ids (docs/fairness.md).
 
-Outside this package, two modules lean on private behaviour too, listed here and checked by the same test:
+Outside this package, three modules lean on private behaviour too, listed here and checked by the same test:
+- `llmq.api.head_limit` subclasses uvicorn's `HttpToolsProtocol` (named by uvicorn's `--http` import string, not
+  in its documentation): extends `on_message_begin`, `on_headers_complete`, `data_received` and
+  `send_400_response(msg)`, reads `url`, `headers`, `transport` and `server_state.default_headers`, and relies on
+  `data_received` answering a parser error (a callback's exception, `httptools.HttpParserCallbackError`,
+  included) with `send_400_response`. Retired by a header size limit in uvicorn's httptools protocol.
 - `llmq.api.redis_client` overrides `redis.asyncio.Connection.pack_command`, relying on `send_command`
   packing through it, and calls `hiredis.pack_command`.
 - `llmq.worker.observability.logs` sets the standard library's `logging._srcfile` to None, as the logging

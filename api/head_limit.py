@@ -1,0 +1,94 @@
+"""Refuse a request whose head is over `LLMQ_MAX_HEAD_BYTES` with 431, before the head is read whole.
+
+uvicorn's httptools parser has no limit of its own, and it gathers each header's name and value whole (copying
+it as it grows) before handing it on: a 30 MB `Authorization` header was held, and its job's 401 given, only
+once all of it had arrived. `HeadLimitProtocol` is uvicorn's httptools protocol with two counts:
+
+- whole chunks that arrive while one head is open (it began before them and is still open after them) are all
+  head: past the limit, 431 and the connection closed, whatever the parser has kept to itself. What a
+  connection holds of a head is thus bounded by the limit plus the two chunks at its ends (a read is at most
+  256 KiB);
+- a head that ends within its chunks is counted exactly when it ends (the request target and every header's
+  name and value), so a head of one or two chunks over the limit is refused as well.
+
+The API is started with `uvicorn --http llmq.api.head_limit:HeadLimitProtocol` (`API_HTTP_PROTOCOL`) wherever it
+runs. uvicorn names this class nowhere in its documentation: what it relies on is in the manifest of
+`llmq.worker.runtime`, checked by `tests/worker/runtime/test_private_names.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import logging
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from llmq.worker.settings import get_settings
+
+API_HTTP_PROTOCOL = "llmq.api.head_limit:HeadLimitProtocol"
+STATUS_LINE = b"HTTP/1.1 431 " + http.HTTPStatus(431).phrase.encode() + b"\r\n"
+
+log = logging.getLogger("llmq.api")
+
+
+class HeadTooLarge(Exception):
+    """Raised in a parser callback; httptools turns it into a parser error, which uvicorn answers through
+    `send_400_response`, and this protocol answers 431 there instead."""
+
+
+class HeadLimitProtocol(HttpToolsProtocol):
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.max_head_bytes = get_settings().max_head_bytes
+        self.heads_begun = 0
+        self.head_open = False
+        self.head_chunk_bytes = 0
+        self.head_too_large = False
+
+    def data_received(self, data: bytes) -> None:
+        open_head = self.heads_begun if self.head_open else None
+        super().data_received(data)
+        if open_head is not None and self.head_open and self.heads_begun == open_head:
+            self.head_chunk_bytes += len(data)
+            if self.head_chunk_bytes > self.max_head_bytes and not self.transport.is_closing():
+                self.refuse_head()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.heads_begun += 1
+        self.head_open = True
+        self.head_chunk_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self.head_open = False
+        size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+        if size > self.max_head_bytes:
+            self.head_too_large = True
+            raise HeadTooLarge
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self.head_too_large:
+            self.refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def refuse_head(self) -> None:
+        """431 and the connection closed: the rest of the head is never read."""
+        log.warning("request refused: its head is over LLMQ_MAX_HEAD_BYTES (%d bytes)", self.max_head_bytes)
+        body = json.dumps({"error": {"type": "header_too_large", "message": (
+            f"The request line and headers are over the limit of {self.max_head_bytes} bytes "
+            "(LLMQ_MAX_HEAD_BYTES).")}}).encode()
+        content = [STATUS_LINE]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend([b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                        b"connection: close\r\n\r\n", body])
+        self.transport.write(b"".join(content))
+        self.transport.close()
