@@ -18,15 +18,12 @@ runs. uvicorn names this class nowhere in its documentation: what it relies on i
 
 from __future__ import annotations
 
-import asyncio
 import http
 import json
 import logging
 from typing import Any
 
-from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import ServerState
 
 from llmq.worker.settings import get_settings
 
@@ -42,9 +39,8 @@ class HeadTooLarge(Exception):
 
 
 class HeadLimitProtocol(HttpToolsProtocol):
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # uvicorn's own arguments, whatever they are
+        super().__init__(*args, **kwargs)
         self.max_head_bytes = get_settings().max_head_bytes
         self.heads_begun = 0
         self.head_open = False
@@ -52,6 +48,8 @@ class HeadLimitProtocol(HttpToolsProtocol):
         self.head_too_large = False
 
     def data_received(self, data: bytes) -> None:
+        # Only a chunk that one head was open before and after is counted here: the parser keeps an unfinished
+        # header to itself, and a chunk where a head begins or ends may also hold a body.
         open_head = self.heads_begun if self.head_open else None
         super().data_received(data)
         if open_head is not None and self.head_open and self.heads_begun == open_head:
@@ -83,7 +81,7 @@ class HeadLimitProtocol(HttpToolsProtocol):
         """431 and the connection closed: the rest of the head is never read."""
         log.warning("request refused: its head is over LLMQ_MAX_HEAD_BYTES (%d bytes)", self.max_head_bytes)
         body = json.dumps({"error": {"type": "header_too_large", "message": (
-            f"The request line and headers are over the limit of {self.max_head_bytes} bytes "
+            f"The request's target and headers are over the limit of {self.max_head_bytes} bytes "
             "(LLMQ_MAX_HEAD_BYTES).")}}).encode()
         content = [STATUS_LINE]
         for name, value in self.server_state.default_headers:

@@ -201,10 +201,8 @@ CASES: list[tuple[str, str, Callable[[Kombu], bool]]] = [
      and "self.headers.append((name, value))" in source(HttpToolsProtocol.on_header)
      and params(HttpToolsProtocol.on_headers_complete) == ["self"]
      and "self._start_asgi_task(" in source(HttpToolsProtocol.on_headers_complete)),
-    ("uvicorn HttpToolsProtocol(config, server_state, app_state, _loop), server_state.default_headers",
-     "llmq.api.head_limit",
-     lambda k: params(HttpToolsProtocol.__init__) == ["self", "config", "server_state", "app_state", "_loop"]
-     and "self.server_state.default_headers" in source(HttpToolsProtocol.send_400_response)),
+    ("uvicorn HttpToolsProtocol.send_400_response writes server_state.default_headers", "llmq.api.head_limit",
+     lambda k: "self.server_state.default_headers" in source(HttpToolsProtocol.send_400_response)),
     # Outside the runtime package: redis-py, hiredis and logging
     ("redis.asyncio Connection.send_command packs through pack_command", "llmq.api.redis_client",
      lambda k: "self.pack_command(*args)" in source(redis.asyncio.Connection.send_command)
