@@ -8,8 +8,10 @@ once all of it had arrived. `HeadLimitProtocol` is uvicorn's httptools protocol 
   head: past the limit, 431 and the connection closed, whatever the parser has kept to itself. What a
   connection holds of a head is thus bounded by the limit plus the two chunks at its ends (a read is at most
   256 KiB);
-- a head that ends within its chunks is counted exactly when it ends (the request target and every header's
-  name and value), so a head of one or two chunks over the limit is refused as well.
+- a head that ends is counted exactly (the request target and every header's name and value) when the chunks it
+  came in hold more than the limit, so a head of one or two chunks over the limit is refused as well. Smaller
+  requests skip that count: the protocol costs 1.5 % more instructions per `GET /healthz`, 0.9 % per
+  `POST /v1/jobs` (callgrind, 2,000 requests each).
 
 The API is started with `uvicorn --http llmq.api.head_limit:HeadLimitProtocol` (`API_HTTP_PROTOCOL`) wherever it
 runs. uvicorn names this class nowhere in its documentation: what it relies on is in the manifest of
@@ -42,31 +44,33 @@ class HeadLimitProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # uvicorn's own arguments, whatever they are
         super().__init__(*args, **kwargs)
         self.max_head_bytes = get_settings().max_head_bytes
-        self.heads_begun = 0
-        self.head_open = False
-        self.head_chunk_bytes = 0
+        self.received = 0  # bytes handed to the parser on this connection
+        self.chunk_start = 0  # where the chunk being parsed begins
+        self.head_open = False  # between a request's first byte and the end of its headers
+        self.head_start = 0  # the open head lies after this: the start of the chunk it began in
+        self.head_counted_from = 0  # the end of that chunk: what follows while the head is open is all head
         self.head_too_large = False
 
     def data_received(self, data: bytes) -> None:
-        # Only a chunk that one head was open before and after is counted here: the parser keeps an unfinished
-        # header to itself, and a chunk where a head begins or ends may also hold a body.
-        open_head = self.heads_begun if self.head_open else None
+        self.chunk_start = self.received
+        self.received += len(data)
         super().data_received(data)
-        if open_head is not None and self.head_open and self.heads_begun == open_head:
-            self.head_chunk_bytes += len(data)
-            if self.head_chunk_bytes > self.max_head_bytes and not self.transport.is_closing():
-                self.refuse_head()
+        # The parser keeps an unfinished header to itself; whole chunks that arrived while one head was open count.
+        if (self.head_open and self.received - self.head_counted_from > self.max_head_bytes
+                and not self.transport.is_closing()):
+            self.refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.heads_begun += 1
         self.head_open = True
-        self.head_chunk_bytes = 0
+        self.head_start = self.chunk_start
+        self.head_counted_from = self.received
 
     def on_headers_complete(self) -> None:
         self.head_open = False
-        size = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-        if size > self.max_head_bytes:
+        # Counted exactly only when the chunks it came in could hold more than the limit (they may hold a body).
+        if self.received - self.head_start > self.max_head_bytes and (
+                len(self.url) + sum(len(name) + len(value) for name, value in self.headers) > self.max_head_bytes):
             self.head_too_large = True
             raise HeadTooLarge
         super().on_headers_complete()
