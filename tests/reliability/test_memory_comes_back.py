@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -75,7 +76,8 @@ def rss_bytes(pid: int) -> int:
 
 
 def post(stack: Stack, path: str, key: str, body: bytes | Any, **headers: str) -> int:
-    """The status of one POST, or 0 when the API closed the connection before taking the whole request."""
+    """The status of one POST, or 0 when the API closed the connection before taking the whole request (an answer
+    given before the body or head was read: 413, 431)."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     with httpx2.Client(base_url=stack.base_url, timeout=60) as client:
         try:
@@ -121,8 +123,8 @@ def hostile_round(stack: Stack, mock_proxy: MockProxy, tag: str) -> Answers:
     # Many distinct keys of the longest form (256 characters), each job with an idempotency key of its own.
     keys = [f"{APP_ID}:{tag}-{i:05d}-".ljust(256, "k") for i in range(DISTINCT_KEYS)]
     answers.add("distinct keys", *in_parallel([
-        lambda key=key: post(stack, "/v1/jobs", key, {"request": chat("memory-model")},  # type: ignore[misc]
-                             **{"Idempotency-Key": f"{key[-40:]}-{uuid.uuid4()}"}) for key in keys]))
+        partial(post, stack, "/v1/jobs", key, {"request": chat("memory-model")},
+                **{"Idempotency-Key": f"{key[-40:]}-{uuid.uuid4()}"}) for key in keys]))
     # Caller-chosen model names, a new one per job, in one batch.
     with stack.client() as client:
         batch = client.post("/v1/jobs/batch", json={"jobs": [
@@ -130,8 +132,8 @@ def hostile_round(stack: Stack, mock_proxy: MockProxy, tag: str) -> Answers:
         answers.add("invented models", batch.status_code)
         # Big jobs: a 1 MB request, and the mock's answer echoes it.
         text = "big " * (BIG_JOB_CHARS // 4)
-        answers.add("big jobs", *in_parallel([
-            lambda: post(stack, "/v1/jobs", CALLER_KEY, {"request": chat("memory-big", text)})] * BIG_JOBS))
+        answers.add("big jobs", *in_parallel(
+            [partial(post, stack, "/v1/jobs", CALLER_KEY, {"request": chat("memory-big", text)})] * BIG_JOBS))
         # Streamed jobs, followed to their end.
         for i in range(STREAMED_JOBS):
             job = submit(client, chat("memory-stream", f"streamed {tag} {i} " + "word " * 500, stream=True))
@@ -150,8 +152,8 @@ def hostile_round(stack: Stack, mock_proxy: MockProxy, tag: str) -> Answers:
     rejected_model = f"memory-rejected-{tag}"
     mock_proxy.script(rejected_model, *[{"kind": "status", "status": 401}] * REJECTED_KEYS)
     answers.add("rejected keys", *in_parallel([
-        lambda i=i: post(stack, "/v1/jobs", f"{APP_ID}:rejected-{tag}-{i}",  # type: ignore[misc]
-                         {"request": chat(rejected_model), "max_attempts": 1}) for i in range(REJECTED_KEYS)]))
+        partial(post, stack, "/v1/jobs", f"{APP_ID}:rejected-{tag}-{i}",
+                {"request": chat(rejected_model), "max_attempts": 1}) for i in range(REJECTED_KEYS)]))
     # Long-polls and event streams whose clients leave while the job runs.
     slow_model = f"memory-slow-{tag}"
     mock_proxy.script(slow_model, {"kind": "ok", "latency_ms": 4000})
@@ -168,11 +170,11 @@ def hostile_round(stack: Stack, mock_proxy: MockProxy, tag: str) -> Answers:
             "jobs": [{"request": chat("memory-quota")}] * (UNKNOWN_MAX + 1)}).status_code)
     # Oversized: bodies, heads, keys, and keys that are not printable ASCII.
     too_big = json.dumps({"request": chat("memory-model", "x" * MAX_BODY_BYTES)}).encode()
-    answers.add("oversized body", *in_parallel([lambda: post(stack, "/v1/jobs", CALLER_KEY, too_big)] * OVERSIZED))
-    answers.add("oversized head", *in_parallel([lambda: huge_head(stack.port)] * OVERSIZED))
+    answers.add("oversized body", *in_parallel([partial(post, stack, "/v1/jobs", CALLER_KEY, too_big)] * OVERSIZED))
+    answers.add("oversized head", *in_parallel([partial(huge_head, stack.port)] * OVERSIZED))
     answers.add("oversized key", *in_parallel([
-        lambda i=i: post(stack, "/v1/jobs", f"{i}:" + "k" * (3 * 1024 * 1024),  # type: ignore[misc]
-                         {"request": chat("memory-model")}) for i in range(OVERSIZED)]))
+        partial(post, stack, "/v1/jobs", f"{i}:" + "k" * (3 * 1024 * 1024), {"request": chat("memory-model")})
+        for i in range(OVERSIZED)]))
     with httpx2.Client(base_url=stack.base_url, timeout=30) as client:
         answers.add("key not ASCII", *[client.post("/v1/jobs", json={"request": chat("memory-model")}, headers={
             "Authorization": f"Bearer {APP_ID}:cl\xe9-{tag}-{i}".encode("latin-1")}).status_code
@@ -230,7 +232,7 @@ def test_memory_comes_back_after_a_hostile_load(
 
     expected = {"distinct keys": {202}, "invented models": {202}, "big jobs": {202}, "streamed jobs": {200},
                 "openai route": {200}, "rejected keys": {202}, "over the app's quota": {429},
-                "over the unknown apps' quota": {429}, "oversized body": {413}, "oversized head": {431, 0},
+                "over the unknown apps' quota": {429}, "oversized body": {413, 0}, "oversized head": {431, 0},
                 "oversized key": {431, 0}, "key not ASCII": {401}}
     for answers in (warm_up, load):
         assert set(answers.statuses) == set(expected)
