@@ -246,3 +246,31 @@ def test_memory_comes_back_after_a_hostile_load(
                    test_s=round(time.monotonic() - started, 1))
     for name, value in after.items():
         assert value <= before[name] * 1.10, (name, mb[name])
+
+
+def test_big_jobs_give_their_memory_back(
+    mock_proxy: MockProxy, make_stack: Callable[..., Stack], record_figures: Callable[..., None]
+) -> None:
+    """Rounds of ten 1 MB jobs (the answer echoes the request) leave the worker and the API as small as before
+    them. Before `llmq.worker.runtime.allocator`, glibc kept the freed blocks in the processes' heaps: the API
+    stayed 12 MB (15 %) larger, a worker 4-17 MB."""
+    rounds = 3
+    with RedisServer(appendonly=False) as redis_server:
+        stack = make_stack(redis_server.url, mock_proxy.url, "big-jobs-memory", **SETTINGS)
+        stack.start_api()
+        stack.start_worker()
+        # Warm-up: small jobs, so pools and the allocator's small-object arenas exist before "before".
+        assert set(in_parallel([partial(post, stack, "/v1/jobs", CALLER_KEY, {"request": chat("memory-small")})]
+                               * 100)) == {202}
+        stack.wait_all_finished(60)
+        before = figures(stack)
+        text = "big " * (BIG_JOB_CHARS // 4)
+        for _ in range(rounds):
+            assert set(in_parallel([partial(post, stack, "/v1/jobs", CALLER_KEY,
+                                            {"request": chat("memory-big", text)})] * BIG_JOBS)) == {202}
+            stack.wait_all_finished(60)
+        after = figures(stack)
+    mb = {name: (round(before[name] / 2**20, 1), round(after[name] / 2**20, 1)) for name in ("api_rss", "worker_rss")}
+    record_figures("big jobs give their memory back", jobs=f"{rounds} x {BIG_JOBS} x 1 MB", mb=mb)
+    for name in ("api_rss", "worker_rss"):
+        assert after[name] <= before[name] * 1.10, (name, mb[name])

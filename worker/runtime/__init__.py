@@ -34,7 +34,7 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
 - `lanes`: slots of their own for webhook deliveries. Relies on Celery handing a pool the task's name as the
   tracer's first argument, and on kombu's Redis channel taking the queues of each `BRPOP` from
   `Channel._queue_cycle.consume` (which `redis_transport` wraps). Retired by a per-queue prefetch in Celery.
-- `event_loop`, `gc_tuning`: public APIs only (uvloop, greenback, `gc`).
+- `event_loop`, `gc_tuning`, `allocator`: public APIs only (uvloop, greenback, `gc`, glibc's `mallopt`).
 - `fair_turns`: no library at all: the weights and quantum `redis_transport`'s `TAKE` is given for fair turns
   between app ids (docs/fairness.md).
 
