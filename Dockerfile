@@ -51,7 +51,8 @@ USER 10001:10001
 EXPOSE 8000 5555 9808
 
 # No HEALTHCHECK: the right check depends on the role; docker-compose.yml and the k8s manifests define them.
-CMD ["uvicorn", "--factory", "llmq.api.main:app_from_env", "--host", "0.0.0.0", "--port", "8000", \
+CMD ["uvicorn", "--factory", "llmq.api.main:app_from_env", "--http", "llmq.api.head_limit:HeadLimitProtocol", \
+     "--host", "0.0.0.0", "--port", "8000", \
      "--no-access-log", "--timeout-graceful-shutdown", "30"]
 
 # --- mock: the runtime image plus aiohttp, for compose's dev-profile mock proxy (`docker build --target mock`).

@@ -24,6 +24,7 @@ from llmq.worker.celery_app import app as celery_app
 from llmq.worker.files.store import open_store
 from llmq.worker.jobs.unfinished import trusted_app_ids
 from llmq.worker.observability.logs import configure_logging
+from llmq.worker.runtime.allocator import return_large_blocks
 from llmq.worker.runtime.gc_tuning import freeze_startup_objects
 from llmq.worker.secrets.key_vault import vault_for
 from llmq.worker.settings import Settings, get_settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.files = open_store(settings)
         reader.start()
         freeze_startup_objects()
+        return_large_blocks()
         yield
         await reader.aclose()
         await app.state.files.aclose()

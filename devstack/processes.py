@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx2
 
+from llmq.api.head_limit import API_HTTP_PROTOCOL
 from llmq.worker.redis_keys import QUEUES_IN_ORDER
 
 VENV_BIN = Path(sys.executable).parent
@@ -89,8 +90,9 @@ class ManagedProcess:
 
 
 def api_process(env: dict[str, str], port: int, log_path: Path, host: str = "127.0.0.1") -> ManagedProcess:
-    args = [str(VENV_BIN / "uvicorn"), "--factory", "llmq.api.main:app_from_env", "--host", host, "--port", str(port),
-            "--no-access-log", "--timeout-graceful-shutdown", "5"]
+    # The HTTP protocol that bounds a request's head (llmq.api.head_limit), as every deployment file runs it.
+    args = [str(VENV_BIN / "uvicorn"), "--factory", "llmq.api.main:app_from_env", "--http", API_HTTP_PROTOCOL,
+            "--host", host, "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"]
     return ManagedProcess("api", args, env, log_path)
 
 

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 
 from llmq.worker import redis_keys
 from llmq.worker.observability.logs import configure_logging
+from llmq.worker.runtime.allocator import return_large_blocks
 from llmq.worker.runtime.gc_tuning import freeze_startup_objects
 from llmq.worker.settings import Settings, get_settings
 
@@ -105,6 +106,7 @@ def _stop_sweeper(**_: object) -> None:
 @worker_ready.connect
 def _freeze_startup_objects(**_: object) -> None:
     freeze_startup_objects()
+    return_large_blocks()
 
 
 @worker_ready.connect

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # Job records.
     result_ttl_s: int = Field(3 * 24 * 3600, ge=60)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_head_bytes: int = Field(
+        64 * 1024, ge=4096, description="A request whose target and headers are larger gets 431 (the API's HTTP "
+                                        "server counts them as they arrive).",
+    )
     max_messages: int = Field(4096, ge=1)
     max_metadata_bytes: int = Field(16 * 1024, ge=0)
 

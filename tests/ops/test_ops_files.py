@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from llmq.api.head_limit import API_HTTP_PROTOCOL
 from llmq.worker.redis_keys import QUEUE_BY_PRIORITY, QUEUES_IN_ORDER
 from llmq.worker.settings import Settings
 
@@ -300,6 +301,7 @@ def test_dockerfile_builds_one_non_root_image_running_the_api() -> None:
     assert exposed == {"8000", "5555", "9808"}
     cmd = json.loads(next(arg for op, arg in stages["runtime"] if op == "CMD"))
     assert cmd[:3] == ["uvicorn", "--factory", API_FACTORY]
+    assert option_value(cmd, "--http") == API_HTTP_PROTOCOL  # bounds a request's head (llmq.api.head_limit)
 
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".git", ".llmq", ".env", ".pytest_cache", "tests"} <= ignored
@@ -384,6 +386,7 @@ def test_compose_api_command_and_healthcheck(code_facts: dict[str, Any]) -> None
     api = compose_services()["api"]
     command = api["command"]
     assert command[0] == "uvicorn" and "--factory" in command and API_FACTORY in command
+    assert option_value(command, "--http") == API_HTTP_PROTOCOL  # bounds a request's head (llmq.api.head_limit)
     assert code_facts["factory_callable"]
     assert option_value(command, "--port") == "8000"
     assert any(port.endswith(":8000") for port in api["ports"])
@@ -620,6 +623,7 @@ def test_k8s_settings_are_real(clean_env: None) -> None:
 def test_k8s_api_and_flower(code_facts: dict[str, Any]) -> None:
     api = container(k8s_object("Deployment", "llmq-api"))
     assert api["command"][:3] == ["uvicorn", "--factory", API_FACTORY]
+    assert option_value(api["command"], "--http") == API_HTTP_PROTOCOL  # bounds a request's head (llmq.api.head_limit)
     assert api["readinessProbe"]["httpGet"]["path"] in code_facts["routes"]
     assert api["livenessProbe"]["httpGet"]["path"] in code_facts["routes"]
     service = k8s_object("Service", "llmq-api")
@@ -700,6 +704,7 @@ def test_systemd_units() -> None:
 
     api = exec_start_args(systemd_unit("llmq-api.service"))
     assert Path(api[0]).name == "uvicorn" and api[1:3] == ["--factory", API_FACTORY]
+    assert option_value(api, "--http") == API_HTTP_PROTOCOL  # bounds a request's head (llmq.api.head_limit)
 
     worker_unit = systemd_unit("llmq-worker@.service")
     worker = exec_start_args(worker_unit)

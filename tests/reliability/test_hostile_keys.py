@@ -32,10 +32,15 @@ def rss_bytes(pid: int) -> int:
 
 
 def submit_all(stack: Stack, keys: list[str], model: str) -> list[int]:
+    """Each submission's status; 0 where the API closed the connection before the request was sent whole (a head
+    over LLMQ_MAX_HEAD_BYTES is answered 431 and the rest left unread)."""
     def one(key: str) -> int:
         with httpx2.Client(base_url=stack.base_url, timeout=60) as client:
-            return client.post("/v1/jobs", json={"request": chat(model)},
-                               headers={"Authorization": f"Bearer {key}"}).status_code
+            try:
+                return client.post("/v1/jobs", json={"request": chat(model)},
+                                   headers={"Authorization": f"Bearer {key}"}).status_code
+            except (httpx2.WriteError, httpx2.RemoteProtocolError, httpx2.ReadError):
+                return 0
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, keys))
@@ -81,7 +86,7 @@ def test_memory_comes_back_after_hostile_keys(
             after = figures(stack, client)
         finally:
             client.close()
-    assert set(huge_statuses) <= {401, 431}, huge_statuses
+    assert set(huge_statuses) <= {431, 0}, huge_statuses
     record_figures("hostile keys", jobs=JOBS, huge_keys=HUGE_KEYS, huge_key_mb=HUGE_KEY_BYTES / 2**20,
                    before_mb={k: round(v / 2**20, 1) for k, v in before.items()},
                    loaded_mb={k: round(v / 2**20, 1) for k, v in loaded.items()},

@@ -34,11 +34,16 @@ fails naming the name and the module; pyproject.toml caps these libraries below 
 - `lanes`: slots of their own for webhook deliveries. Relies on Celery handing a pool the task's name as the
   tracer's first argument, and on kombu's Redis channel taking the queues of each `BRPOP` from
   `Channel._queue_cycle.consume` (which `redis_transport` wraps). Retired by a per-queue prefetch in Celery.
-- `event_loop`, `gc_tuning`: public APIs only (uvloop, greenback, `gc`).
+- `event_loop`, `gc_tuning`, `allocator`: public APIs only (uvloop, greenback, `gc`, glibc's `mallopt`).
 - `fair_turns`: no library at all: the weights and quantum `redis_transport`'s `TAKE` is given for fair turns
   between app ids (docs/fairness.md).
 
-Outside this package, two modules lean on private behaviour too, listed here and checked by the same test:
+Outside this package, three modules lean on private behaviour too, listed here and checked by the same test:
+- `llmq.api.head_limit` subclasses uvicorn's `HttpToolsProtocol` (named by uvicorn's `--http` import string, not
+  in its documentation): extends `on_message_begin`, `on_headers_complete`, `data_received` and
+  `send_400_response(msg)`, reads `url`, `headers`, `transport` and `server_state.default_headers`, and relies on
+  `data_received` answering a parser error (a callback's exception, `httptools.HttpParserCallbackError`,
+  included) with `send_400_response`. Retired by a header size limit in uvicorn's httptools protocol.
 - `llmq.api.redis_client` overrides `redis.asyncio.Connection.pack_command`, relying on `send_command`
   packing through it, and calls `hiredis.pack_command`.
 - `llmq.worker.observability.logs` sets the standard library's `logging._srcfile` to None, as the logging

@@ -20,6 +20,7 @@ from typing import Any
 
 import hiredis
 import httpcore2
+import httptools
 import httpx2
 import pytest
 import redis
@@ -32,6 +33,7 @@ from kombu import Connection
 from kombu.asynchronous import Hub
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import llmq.worker.runtime as runtime
 from llmq.devstack.redis_server import RedisServer
@@ -184,7 +186,24 @@ CASES: list[tuple[str, str, Callable[[Kombu], bool]]] = [
      lambda k: optional_after_self(redis.ConnectionPool.get_connection)),
     ("redis Connection.send_command and read_response", f"{RUNTIME}.held_connection",
      lambda k: callable(redis.Connection.send_command) and optional_after_self(redis.Connection.read_response)),
-    # Outside the runtime package
+    # Outside the runtime package: uvicorn, for llmq.api.head_limit
+    ("uvicorn HttpToolsProtocol.data_received answers a parser error with send_400_response(msg)",
+     "llmq.api.head_limit",
+     lambda k: "except httptools.HttpParserError:" in source(HttpToolsProtocol.data_received)
+     and "self.send_400_response(msg)" in source(HttpToolsProtocol.data_received)
+     and params(HttpToolsProtocol.send_400_response) == ["self", "msg"]
+     and issubclass(httptools.HttpParserCallbackError, httptools.HttpParserError)),
+    ("uvicorn HttpToolsProtocol.on_message_begin sets url and headers; on_headers_complete starts the request",
+     "llmq.api.head_limit",
+     lambda k: params(HttpToolsProtocol.on_message_begin) == ["self"]
+     and all(text in source(HttpToolsProtocol.on_message_begin) for text in ('self.url = b""', "self.headers = []"))
+     and "self.url += url" in source(HttpToolsProtocol.on_url)
+     and "self.headers.append((name, value))" in source(HttpToolsProtocol.on_header)
+     and params(HttpToolsProtocol.on_headers_complete) == ["self"]
+     and "self._start_asgi_task(" in source(HttpToolsProtocol.on_headers_complete)),
+    ("uvicorn HttpToolsProtocol.send_400_response writes server_state.default_headers", "llmq.api.head_limit",
+     lambda k: "self.server_state.default_headers" in source(HttpToolsProtocol.send_400_response)),
+    # Outside the runtime package: redis-py, hiredis and logging
     ("redis.asyncio Connection.send_command packs through pack_command", "llmq.api.redis_client",
      lambda k: "self.pack_command(*args)" in source(redis.asyncio.Connection.send_command)
      and "self.pack_command(*cmd)" in source(redis.asyncio.Connection.pack_commands)),
