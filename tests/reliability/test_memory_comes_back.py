@@ -32,6 +32,7 @@ from openai import OpenAI
 from llmq.api.job_store import OWNER_INDEX_TRIM_S
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
+from llmq.worker.runtime.redis_transport import UNACKED_KEY
 from llmq.worker.secrets.key_vault import vault_for
 from llmq.worker.settings import Settings
 from tests.stack import CALLER_KEY, MockProxy, Stack, chat, eventually, submit
@@ -189,6 +190,8 @@ def drained(stack: Stack) -> set[str]:
     The caller's own listing index stays: that caller goes on submitting (each round, as in life), and the API
     refreshes the index's TTL at most once a minute, so an index deleted early would come back without one."""
     stack.wait_all_finished(120)
+    # Acknowledgements are sent in batches, a moment after a job's last change: the set goes when it is empty.
+    eventually(lambda: stack.redis.zcard(UNACKED_KEY) == 0, 10, "every message to be acknowledged")
     eventually(lambda: not any(stack.redis.scan_iter("llmq:key:rejected:*")), 10, "rejected keys' markers to expire")
     ongoing = redis_keys.owner_jobs(vault_for(stack.env["LLMQ_SECRET"]).owner(CALLER_KEY))
     persistent = set()
