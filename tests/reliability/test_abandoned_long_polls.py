@@ -31,12 +31,12 @@ def blocked(client: redis.Redis) -> int:
     return int(client.info("clients")["blocked_clients"])
 
 
-def abandoned_requests(port: int, path: str) -> None:
-    """WAITERS clients send `GET path`, then leave after LEAVE_AFTER_S without reading the answer."""
+def abandoned_requests(port: int, path: str, waiters: int = WAITERS) -> None:
+    """`waiters` clients send `GET path`, then leave after LEAVE_AFTER_S without reading the answer."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {CALLER_KEY}\r\n\r\n".encode()
     sockets = []
     try:
-        for _ in range(WAITERS):
+        for _ in range(waiters):
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             sock.sendall(request)
             sockets.append(sock)

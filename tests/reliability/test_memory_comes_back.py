@@ -35,6 +35,7 @@ from llmq.worker import redis_keys
 from llmq.worker.runtime.redis_transport import UNACKED_KEY
 from llmq.worker.secrets.key_vault import vault_for
 from llmq.worker.settings import Settings
+from tests.reliability.test_abandoned_long_polls import abandoned_requests
 from tests.stack import CALLER_KEY, MockProxy, Stack, chat, eventually, submit
 
 APP_ID = CALLER_KEY.split(":", 1)[0]
@@ -48,8 +49,7 @@ BIG_JOB_CHARS = 1024 * 1024
 STREAMED_JOBS = 10
 SDK_CALLS = 10
 REJECTED_KEYS = 10
-WAITERS = 100  # long-polls, then as many event streams, whose clients leave
-LEAVE_AFTER_S = 1.0
+WAITERS = 100  # long-polls, then as many event streams, whose clients leave after a second
 OVERSIZED = 3
 MAX_BODY_BYTES = Settings.model_fields["max_body_bytes"].default
 SETTINGS = {
@@ -91,21 +91,6 @@ def post(stack: Stack, path: str, key: str, body: bytes | Any, **headers: str) -
 def in_parallel(calls: list[Callable[[], int]]) -> list[int]:
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda call: call(), calls))
-
-
-def abandoned(port: int, path: str) -> None:
-    """WAITERS clients send `GET path` and leave after LEAVE_AFTER_S without reading the answer."""
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {CALLER_KEY}\r\n\r\n".encode()
-    sockets = []
-    try:
-        for _ in range(WAITERS):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(request)
-            sockets.append(sock)
-        time.sleep(LEAVE_AFTER_S)
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def huge_head(port: int) -> int:
@@ -160,8 +145,8 @@ def hostile_round(stack: Stack, mock_proxy: MockProxy, tag: str) -> Answers:
     mock_proxy.script(slow_model, {"kind": "ok", "latency_ms": 4000})
     with stack.client() as client:
         slow = submit(client, chat(slow_model))["id"]
-    abandoned(stack.port, f"/v1/jobs/{slow}?wait=30")
-    abandoned(stack.port, f"/v1/jobs/{slow}/events")
+    abandoned_requests(stack.port, f"/v1/jobs/{slow}?wait=30", WAITERS)
+    abandoned_requests(stack.port, f"/v1/jobs/{slow}/events", WAITERS)
     # Quotas: a batch over its app id's limit, and one over the shared limit of app ids not known yet.
     with stack.client() as client:
         answers.add("over the app's quota", client.post("/v1/jobs/batch", json={
