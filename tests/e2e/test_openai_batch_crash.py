@@ -207,11 +207,12 @@ def assert_every_line_once(client: OpenAI, done: Any, lines: int) -> None:
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (lines, lines, 0)
 
 
-def test_worker_killed_mid_validation_the_batch_goes_on(
+def test_worker_and_api_killed_mid_validation_the_batch_goes_on(
     mock_proxy: MockProxy, redis_server: RedisServer, log_dir: Path, model: str
 ) -> None:
     """The worker validating a batch waits on its file store (an S3 server that stopped answering) and is
-    SIGKILLed there, holding the batch's step: a new worker takes the batch over, which completes."""
+    SIGKILLed there, holding the batch's step, and the API with it: a new worker takes the batch over, which
+    completes, read through a new API."""
     url = redis_server.url.rsplit("/", 1)[0] + "/7"
     lines = 12
     with S3Server(log_dir / "s3-validation-crash.log") as server:
@@ -235,8 +236,11 @@ def test_worker_killed_mid_validation_the_batch_goes_on(
                            "the worker to take the batch's step")
                 assert status_of(stack, batch.id) == "validating"
                 stack.workers[-1].kill()
+                assert stack.api is not None
+                stack.api.kill()
                 os.killpg(server.process.pid, signal.SIGCONT)
                 paused = False
+                stack.start_api()
                 stack.start_worker()
                 done = wait_batch(client, batch.id, timeout_s=60)
                 assert_every_line_once(client, done, lines)
@@ -246,11 +250,11 @@ def test_worker_killed_mid_validation_the_batch_goes_on(
             stack.stop()
 
 
-def test_worker_killed_mid_finalize_the_batch_completes(
+def test_worker_and_api_killed_mid_finalize_the_batch_completes(
     mock_proxy: MockProxy, redis_server: RedisServer, log_dir: Path, model: str
 ) -> None:
-    """SIGKILL the worker while it writes the output and error files (large lines make that take a while): a
-    new worker finalizes the batch again, each line once, and no batch stays `finalizing`."""
+    """SIGKILL the worker while it writes the output and error files (large lines make that take a while), and
+    the API with it: a new worker finalizes the batch again, each line once, and no batch stays `finalizing`."""
     url = redis_server.url.rsplit("/", 1)[0] + "/10"
     lines = 600
     stack = Stack(url, mock_proxy.url, log_dir / "openai-batch-finalize-crash", LLMQ_BROKER_URL=url,
@@ -268,7 +272,10 @@ def test_worker_killed_mid_finalize_the_batch_completes(
                        and stack.redis.exists(redis_keys.batch_lock(batch.id)), 90,
                        "the worker to be finalizing the batch", interval_s=0.005)
             stack.workers[-1].kill()
+            assert stack.api is not None
+            stack.api.kill()
             assert status_of(stack, batch.id) == "finalizing"  # killed before it could end the batch
+            stack.start_api()
             stack.start_worker()
             done = wait_batch(client, batch.id, timeout_s=60)
             assert_every_line_once(client, done, lines)
