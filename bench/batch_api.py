@@ -53,7 +53,7 @@ class Peak(threading.Thread):
         return int(self.peak)
 
 
-def run(lines: int, latency_ms: int, slots: int, window: int) -> dict[str, Any]:
+def run(lines: int, latency_ms: int, slots: int, window: int, workers: int = 1) -> dict[str, Any]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmq-bench-batch-") as scratch, \
             BenchStack("batch-api", slots) as stack:
@@ -63,12 +63,14 @@ def run(lines: int, latency_ms: int, slots: int, window: int) -> dict[str, Any]:
         env = {**stack.env(), "LLMQ_FILES_DIR": str(Path(scratch) / "files"),
                "LLMQ_BATCH_WINDOW_LINES": str(window), "LLMQ_BATCH_STEP_INTERVAL_S": "0.25"}
         stack.start_api(env)
-        stack.start_worker(env)
+        # The slots split between the worker processes: the ceiling stays that of `slots` calls at once.
+        for n in range(workers):
+            stack.start_worker({**env, "LLMQ_WORKER_CONCURRENCY": str(slots // workers)}, name=f"bench{n}")
         assert stack.api is not None and stack.redis is not None
         redis = stack.redis
         api = psutil.Process(stack.api.pid)
         out: dict[str, Any] = {"lines": lines, "file_mb": size / MB, "latency_ms": latency_ms, "slots": slots,
-                               "window": window}
+                               "workers": workers, "window": window}
         with OpenAI(api_key=BENCH_KEY, base_url=f"{stack.api_url}/v1", timeout=600) as client:
             rss_before = api.memory_info().rss
             rss = Peak(lambda: api.memory_info().rss)
@@ -113,12 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m llmq.bench.batch_api", description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--latency-ms", type=int, default=500)
-    parser.add_argument("--slots", type=int, default=200, help="LLMQ_WORKER_CONCURRENCY of the one worker")
+    parser.add_argument("--slots", type=int, default=200, help="calls at once, LLMQ_WORKER_CONCURRENCY of the worker")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the slots (default 1)")
     parser.add_argument("--window", type=int, default=1000, help="LLMQ_BATCH_WINDOW_LINES")
     args = parser.parse_args(argv)
-    r = run(args.lines, args.latency_ms, args.slots, args.window)
-    print(f"{r['lines']:,} lines ({r['file_mb']:.1f} MB), mock {r['latency_ms']} ms, {r['slots']} slots, "
-          f"window {r['window']}")
+    r = run(args.lines, args.latency_ms, args.slots, args.window, args.workers)
+    print(f"{r['lines']:,} lines ({r['file_mb']:.1f} MB), mock {r['latency_ms']} ms, {r['slots']} slots in "
+          f"{args.workers} worker process(es), window {r['window']}")
     print(f"upload and validation {r['upload_s']:.2f}s, API peak RSS growth {r['api_rss_growth_mb']:.1f} MB")
     print(f"batch {r['batch_s']:.1f}s ({r['completed']} completed, {r['failed']} failed), fed "
           f"{r['lines_fed_per_s']:.0f} lines/s, Redis peak growth {r['redis_peak_growth_mb']:.1f} MB")
