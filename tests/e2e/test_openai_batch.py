@@ -256,10 +256,7 @@ def test_cancel_stops_new_calls_and_keeps_finished_lines(batch_stack: Stack, sdk
     mock_proxy.script(model, *[{"kind": "ok", "latency_ms": 1500}] * 20)
     uploaded = upload(sdk, [request_line(f"r{i}", model) for i in range(12)])
     batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 20
-    while not mock_proxy.calls(model):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: mock_proxy.calls(model), 20, "the first line's call", interval_s=0.05)
     cancelling = sdk.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
     calls_at_cancel = len(mock_proxy.calls(model))
@@ -341,10 +338,7 @@ def test_batch_lines_count_in_their_app_quota_and_wait_for_room(batch_stack: Sta
             batch_stack.redis.zrem(unknown, "job_of_another_app0")  # room for one
             batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                           completion_window="24h")
-            deadline = time.monotonic() + 20
-            while not mock_proxy.calls(model):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            eventually(lambda: mock_proxy.calls(model), 20, "the first line's call", interval_s=0.05)
             # The first line's call takes 1.5 s: meanwhile it fills the quota, and the window (3) holds it alone.
             inflight = batch_stack.redis.hkeys(redis_keys.batch_inflight(batch.id))
             assert len(inflight) == 1
