@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,13 +68,14 @@ class AsyncioPool(BasePool):
                    callback: Callable[..., Any] | None, accept_callback: Callable[..., Any] | None) -> None:
         # The broker's prefetch and the transport's lanes already bound the tasks handed over (a retry whose
         # countdown has passed comes from the worker's timer instead); this holds each lane's limit regardless.
+        started = time.monotonic()
         try:
             async with self.slots[lane.name]:
                 await greenback.with_portal_run_sync(apply_target, target, args, kwargs, callback, accept_callback)
         except Exception:
             log.exception("task crashed outside Celery's tracer")
         finally:
-            self.lanes.release(lane)
+            self.lanes.release(lane, time.monotonic() - started)
 
     async def _drain(self) -> None:
         while self.running:

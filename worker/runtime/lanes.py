@@ -12,6 +12,12 @@ its next BRPOP: a backlog of one kind of task is never taken into slots the othe
 consumer's thread as the message is handed over, before the next BRPOP is sent, so a lane
 never takes more messages from its queues than it has slots.
 
+A slot frees on the event loop's thread, which cannot cut short the consumer's BRPOP on the
+other queues; while a lane is closed, the transport comes back for its queues after
+`refill_wait_s`: a 25th of the lane's typical task, so a slot stays empty about 4 % of a task's
+time at most, for as many BRPOPs per task as 25 over the slots (0.125 at 200 slots). A full lane
+opens again once a 25th of its slots are free, not at the first: one take for several.
+
 Two details of the libraries underneath, each pinned by a test (tests/worker/runtime/test_lanes.py):
 Celery passes a pool the task's name as the tracer's first argument, and kombu's Redis channel
 takes the queues of each BRPOP from its `_queue_cycle.consume`. A per-queue prefetch in Celery
@@ -21,12 +27,17 @@ would retire both.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from llmq.worker import redis_keys
 from llmq.worker.settings import get_settings
+
+# What share of a lane's typical task a freed slot may stay empty, and the weight of each task's time in it.
+REFILL_SHARE = 1 / 25
+TYPICAL_WEIGHT = 0.05
 
 WEBHOOK_TASK = "llmq.deliver_webhook"
 
@@ -37,10 +48,17 @@ class Lane:
     queues: frozenset[str]
     limit: int
     held: int = 0
+    typical_s: float = 0.0  # a moving average of its tasks' time in the pool (0 until one has finished)
+    closed: bool = False  # its queues left out of the takes: it was full, and too few of its slots are free yet
 
     @property
     def full(self) -> bool:
         return self.held >= self.limit
+
+    def still_closed(self) -> bool:
+        """Closed when full; once closed, until a 25th of its slots are free."""
+        self.closed = self.full or (self.closed and self.limit - self.held < math.ceil(self.limit * REFILL_SHARE))
+        return self.closed
 
 
 @dataclass
@@ -62,9 +80,16 @@ class Lanes:
         with self._lock:
             lane.held += 1
 
-    def release(self, lane: Lane) -> None:
+    def release(self, lane: Lane, took_s: float | None = None) -> None:
         with self._lock:
             lane.held -= 1
+            if took_s is not None:
+                lane.typical_s += (took_s - lane.typical_s) * (TYPICAL_WEIGHT if lane.typical_s else 1.0)
+
+    def refill_wait_s(self, shortest: float, longest: float) -> float:
+        """How long a BRPOP that leaves out the queues of the closed lanes may wait, within [shortest, longest]."""
+        typical = [lane.typical_s for lane in self.all if lane.closed]
+        return min(max(shortest, min(typical, default=0.0) * REFILL_SHARE), longest)
 
     def room(self, queues: Iterable[str]) -> int | None:
         """Free slots of the fullest lane these queues belong to: the most messages one take may pop from them."""
@@ -73,8 +98,8 @@ class Lanes:
         return min(rooms) if rooms else None
 
     def open_queues(self, queues: Iterable[str]) -> list[str]:
-        """`queues` without those of a full lane (a queue of no lane is always open)."""
-        closed = {queue for lane in self.all if lane.full for queue in lane.queues}
+        """`queues` without those of a closed lane (a queue of no lane is always open); the consumer's thread only."""
+        closed = {queue for lane in self.all if lane.still_closed() for queue in lane.queues}
         return [queue for queue in queues if queue not in closed]
 
 

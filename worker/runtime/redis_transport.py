@@ -47,7 +47,10 @@ lists fill from empty; a token, or the `BRPOP`'s timeout, sends it back to `TAKE
 
 And a worker's takes leave out the queues of a lane whose slots are all taken, and pop no more than the
 fullest lane among those queues has room for (`llmq.worker.runtime.lanes`): slow webhook deliveries never take
-messages into slots that proxy calls need, nor the other way round.
+messages into slots that proxy calls need, nor the other way round. A slot frees on the event loop's thread,
+which cannot cut short a `BRPOP` on the other queues: while a lane's queues are left out, that `BRPOP` waits
+no longer than the lanes' `refill_wait_s` (a 25th of a typical call, at least `FULL_LANE_WAIT_S`), and when it
+ends with the lane still full the worker waits again rather than take.
 """
 
 from __future__ import annotations
@@ -177,6 +180,10 @@ TAKE_BACKOFF_S = 1.0
 # next ones are taken with TAKE.
 WAITED_S = 0.005
 QUICK_WAKES = 2
+# The shortest wait of a BRPOP that leaves a full lane's queues out (module docstring). Waiting kombu's second, a
+# worker whose proxy calls all ended together took the next ones only when a batch step's message or the timeout woke
+# it: whole batches ran at two thirds of their ceiling (docs/batch.md).
+FULL_LANE_WAIT_S = 0.02
 # A refusal is logged at most this often while it lasts.
 REFUSAL_LOG_EVERY_S = 30.0
 
@@ -333,6 +340,7 @@ class Channel(kombu_redis.Channel):
     # The call queues the last TAKE that found nothing looked at through the fair turns (what a BRPOP cannot see).
     _empty_take_fair: frozenset[str] = frozenset()
     _take_fair: frozenset[str] = frozenset()
+    _waited_full = False  # the BRPOP in progress leaves a full lane's queues out
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Queues consumed without acknowledgements (Celery's control replies): their messages are never recorded.
@@ -381,7 +389,11 @@ class Channel(kombu_redis.Channel):
             self._sent = "wait"
             if fair:
                 keys.append(redis_keys.FAIR_DOORBELL)  # rung when an app's ready lists fill from empty
-            self.client.connection.send_command("BRPOP", *keys, self.brpop_timeout if timeout is None else timeout)
+            timeout = self.brpop_timeout if timeout is None else timeout
+            self._waited_full = len(queues) < len(self.active_queues)
+            if self._waited_full:  # come back soon for the queues left out: a slot may free meanwhile
+                timeout = self._lanes.refill_wait_s(FULL_LANE_WAIT_S, timeout)
+            self.client.connection.send_command("BRPOP", *keys, timeout)
         return None
 
     def _brpop_read(self, **options):  # type: ignore[no-untyped-def]
@@ -431,8 +443,9 @@ class Channel(kombu_redis.Channel):
     def _deliver_woken(self, reply: Any) -> bool:
         if not reply:
             # BRPOP's timeout: wait again; with fair turns, look at the ready lists first (a bell may have rung
-            # for another worker).
-            self._take_next = self._fair is not None
+            # for another worker). After a wait for a full lane, they are looked at if it has room now (the check of
+            # the fair queues in `_brpop_start`), not to find the lane still full.
+            self._take_next = self._fair is not None and not self._waited_full
             if self._take_next:
                 self._empty_take_fair = frozenset()
             raise Empty()

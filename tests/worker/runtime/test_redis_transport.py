@@ -4,6 +4,7 @@ restores safely."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from kombu.message import Message
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from llmq.worker.celery_app import REDIS_TRANSPORT, celery_config
+from llmq.worker.runtime.lanes import worker_lanes
 from llmq.worker.runtime.redis_transport import TAKE, UNACKED_KEY
 from llmq.worker.settings import load_settings
 from tests.redis_memory import filled
@@ -129,6 +131,40 @@ def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: 
     queues = len(redis_keys.QUEUES_IN_ORDER)
     assert take[2:6 + queues] == [str(3 + queues), UNACKED_KEY, redis_keys.FAIR_APPS, redis_keys.FAIR_DOORBELL,
                                   *redis_keys.QUEUES_IN_ORDER]
+
+
+@pytest.mark.parametrize("calls_full", [False, True])
+def test_while_the_calls_lane_is_full_the_worker_comes_back_for_its_queues_soon(db_url: str, calls_full: bool) -> None:
+    """A call's slot frees on the event loop's thread, which cannot cut the consumer's BRPOP short. With the call
+    queues left out of it, the BRPOP waits a 25th of a typical call, and again while the lane is still full (no TAKE
+    in between); it waited kombu's second, and a batch whose calls ended together took its next lines only once a
+    batch step's message woke the worker (docs/batch.md)."""
+    options = celery_config(load_settings(redis_url=db_url))["broker_transport_options"]
+    calls = worker_lanes().calls
+    held_before, calls.held = calls.held, calls.limit if calls_full else 0
+    typical_before, calls.typical_s = calls.typical_s, 1.0
+    try:
+        with Connection(db_url, transport=REDIS_TRANSPORT, transport_options=options) as conn:
+            queues = [Queue(name) for name in redis_keys.QUEUES_IN_ORDER]
+            with Consumer(conn.channel(), queues=queues, accept=["json"]), CommandLog(db_url) as log:
+                with pytest.raises(socket.timeout):
+                    conn.drain_events(timeout=1.5)
+                brpop_timeout = conn.default_channel.brpop_timeout
+    finally:
+        calls.held, calls.typical_s = held_before, typical_before
+    waits = [line.replace('"', "").split() for line in log.lines if line.upper().startswith(("BRPOP", "EVALSHA"))]
+    assert waits[0][0].upper() == "EVALSHA" and waits[1:]  # the first TAKE found nothing: the worker waits
+    brpops = [command for command in waits if command[0].upper() == "BRPOP"]
+    if calls_full:
+        assert len(brpops) == len(waits) - 1  # the lane still full: no TAKE in between
+    for command in brpops:
+        names_a_call_queue = bool(set(command[1:-1]) & set(redis_keys.QUEUE_BY_PRIORITY.values()))
+        assert names_a_call_queue is not calls_full
+    timeouts = [float(command[-1]) for command in brpops]
+    if calls_full:
+        assert len(timeouts) >= 5 and timeouts == [1.0 / 25] * len(timeouts)
+    else:
+        assert timeouts == [brpop_timeout] * len(timeouts)
 
 
 def test_an_overdue_message_goes_back_to_its_queue_once(db_url: str) -> None:
