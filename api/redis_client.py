@@ -2,32 +2,16 @@
 
 redis-py's synchronous client packs commands with hiredis when it is installed; its asyncio
 client always packs them in Python, one argument at a time. A job's submit script has some
-thirty arguments, and packing them was over a quarter of a 1,000-job batch's CPU. The
-`rediss://` and `unix://` schemes bring their own connection classes and keep Python packing.
+thirty arguments, and packing them was over a quarter of a 1,000-job batch's CPU. The connection
+class is the worker's loop client's (`llmq.worker.runtime.loop_redis`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import DataError
 
+from llmq.worker.runtime.loop_redis import HiredisPackingConnection
 from llmq.worker.settings import Settings
-
-
-class HiredisPackingConnection(aioredis.Connection):
-    def pack_command(self, *args: Any) -> list[bytes]:
-        # As redis-py's HiredisRespSerializer, less its pass converting bytearray and memoryview
-        # arguments, which llmq never sends: that pass was half of the packing time.
-        name = args[0]
-        if isinstance(name, str) and " " in name:  # "SCRIPT EXISTS" and the like go as separate words
-            args = (*name.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as err:
-            raise DataError(err) from None
 
 
 def connect(settings: Settings, socket_timeout_s: float | None, single_connection: bool = False) -> aioredis.Redis:

@@ -27,6 +27,7 @@ from llmq.worker.proxy.key_verdicts import KeyVerdicts
 from llmq.worker.proxy.retry_policy import RetryPolicy, is_retryable, next_delay
 from llmq.worker.proxy.streaming import Delta
 from llmq.worker.runtime.event_loop import wait
+from llmq.worker.runtime.loop_redis import loop_client
 from llmq.worker.secrets.key_vault import InvalidToken, KeyVault, vault_for
 from llmq.worker.settings import Settings, get_settings
 
@@ -88,7 +89,7 @@ def runtime() -> Runtime:
     return Runtime(
         settings=settings,
         redis=client,
-        store=JobStore(client, settings.result_ttl_s),
+        store=JobStore(client, settings.result_ttl_s, loop_client(settings)),
         upstream=client_for(settings),
         vault=vault_for(settings.server_secret, settings.previous_secrets),
         policy=policy,

@@ -6,13 +6,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+import greenback
 import redis
+import redis.asyncio as aioredis
 from redis.commands.core import Script
 
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
 from llmq.worker.jobs.record import UNFINISHED, deadline_error, dumps, public_view, state_event
 from llmq.worker.proxy.streaming import Delta
+from llmq.worker.runtime.event_loop import wait
 from llmq.worker.runtime.held_connection import HeldConnections
 
 
@@ -41,10 +44,11 @@ _NO_EXPIRY = ("", "", 0)
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, loop_client: aioredis.Redis | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
         self._held = HeldConnections(client)
+        self._loop_client = loop_client
         self._claim = client.register_script(job_scripts.CLAIM)
         self._transition = client.register_script(job_scripts.TRANSITION)
         self._update_callback = client.register_script(job_scripts.UPDATE_CALLBACK)
@@ -52,8 +56,11 @@ class JobStore:
         self._record_cancelled_attempt = client.register_script(job_scripts.RECORD_CANCELLED_ATTEMPT)
 
     def _run(self, script: Script, keys_: list[str], args: list[Any]) -> Any:
-        """Every script call of the worker: `EVALSHA` on the thread's held connection (`runtime.held_connection`)."""
+        """Every script call of the worker: `EVALSHA` awaited on the event loop by a task there
+        (`runtime.loop_redis`), elsewhere on the thread's held connection (`runtime.held_connection`)."""
         try:
+            if self._loop_client is not None and greenback.has_portal():
+                return wait(self._loop_client.evalsha(script.sha, len(keys_), *keys_, *args))
             return self._held.execute("EVALSHA", script.sha, len(keys_), *keys_, *args)
         except redis.exceptions.NoScriptError:
             return script(keys=keys_, args=args)  # loads it into this Redis, then runs it

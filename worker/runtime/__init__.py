@@ -44,8 +44,9 @@ Outside this package, three modules lean on private behaviour too, listed here a
   `send_400_response(msg)`, reads `url`, `headers`, `transport` and `server_state.default_headers`, and relies on
   `data_received` answering a parser error (a callback's exception, `httptools.HttpParserCallbackError`,
   included) with `send_400_response`. Retired by a header size limit in uvicorn's httptools protocol.
-- `llmq.api.redis_client` overrides `redis.asyncio.Connection.pack_command`, relying on `send_command`
-  packing through it, and calls `hiredis.pack_command`.
+- `loop_redis`: overrides `redis.asyncio.Connection.pack_command`, relying on `send_command` packing through it,
+  and calls `hiredis.pack_command` (the API's clients use the same connection class). Retired by hiredis packing
+  in redis-py's asyncio client.
 - `llmq.worker.observability.logs` sets the standard library's `logging._srcfile` to None, as the logging
   HOWTO's "Optimization" section advises.
 """

@@ -204,10 +204,10 @@ CASES: list[tuple[str, str, Callable[[Kombu], bool]]] = [
     ("uvicorn HttpToolsProtocol.send_400_response writes server_state.default_headers", "llmq.api.head_limit",
      lambda k: "self.server_state.default_headers" in source(HttpToolsProtocol.send_400_response)),
     # Outside the runtime package: redis-py, hiredis and logging
-    ("redis.asyncio Connection.send_command packs through pack_command", "llmq.api.redis_client",
+    ("redis.asyncio Connection.send_command packs through pack_command", "llmq.worker.runtime.loop_redis",
      lambda k: "self.pack_command(*args)" in source(redis.asyncio.Connection.send_command)
      and "self.pack_command(*cmd)" in source(redis.asyncio.Connection.pack_commands)),
-    ("hiredis.pack_command", "llmq.api.redis_client",
+    ("hiredis.pack_command", "llmq.worker.runtime.loop_redis",
      lambda k: hiredis.pack_command(("SET", "k", "v")) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"),
     ("logging._srcfile", "llmq.worker.observability.logs",
      lambda k: hasattr(logging, "_srcfile") and "_srcfile" in source(logging.Logger._log)),
