@@ -49,7 +49,7 @@ And a worker's takes leave out the queues of a lane whose slots are all taken, a
 fullest lane among those queues has room for (`llmq.worker.runtime.lanes`): slow webhook deliveries never take
 messages into slots that proxy calls need, nor the other way round. A slot frees on the event loop's thread,
 which cannot cut short a `BRPOP` on the other queues: while a lane's queues are left out, that `BRPOP` waits
-no longer than the lanes' `refill_wait_s` (a 25th of a typical call, at least `FULL_LANE_WAIT_S`), and when it
+no longer than the lanes' `refill_wait_s` (a 50th of a typical call, at least `FULL_LANE_WAIT_S`), and when it
 ends with the lane still full the worker waits again rather than take.
 """
 
@@ -183,7 +183,7 @@ QUICK_WAKES = 2
 # The shortest wait of a BRPOP that leaves a full lane's queues out (module docstring). Waiting kombu's second, a
 # worker whose proxy calls all ended together took the next ones only when a batch step's message or the timeout woke
 # it: whole batches ran at two thirds of their ceiling (docs/batch.md).
-FULL_LANE_WAIT_S = 0.02
+FULL_LANE_WAIT_S = 0.01
 # A refusal is logged at most this often while it lasts.
 REFUSAL_LOG_EVERY_S = 30.0
 

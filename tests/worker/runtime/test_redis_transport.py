@@ -136,7 +136,7 @@ def test_the_worker_reads_its_queues_as_one_list_each_in_priority_order(db_url: 
 @pytest.mark.parametrize("calls_full", [False, True])
 def test_while_the_calls_lane_is_full_the_worker_comes_back_for_its_queues_soon(db_url: str, calls_full: bool) -> None:
     """A call's slot frees on the event loop's thread, which cannot cut the consumer's BRPOP short. With the call
-    queues left out of it, the BRPOP waits a 25th of a typical call, and again while the lane is still full (no TAKE
+    queues left out of it, the BRPOP waits a 50th of a typical call, and again while the lane is still full (no TAKE
     in between); it waited kombu's second, and a batch whose calls ended together took its next lines only once a
     batch step's message woke the worker (docs/batch.md)."""
     options = celery_config(load_settings(redis_url=db_url))["broker_transport_options"]
@@ -162,7 +162,7 @@ def test_while_the_calls_lane_is_full_the_worker_comes_back_for_its_queues_soon(
         assert names_a_call_queue is not calls_full
     timeouts = [float(command[-1]) for command in brpops]
     if calls_full:
-        assert len(timeouts) >= 5 and timeouts == [1.0 / 25] * len(timeouts)
+        assert len(timeouts) >= 5 and timeouts == [1.0 / 50] * len(timeouts)
     else:
         assert timeouts == [brpop_timeout] * len(timeouts)
 
