@@ -9,8 +9,9 @@ whole batch went from 0.865 to 0.89 of its ceiling (docs/batch.md).
 
 Commands are packed with hiredis, as the synchronous client does when it is installed: redis-py's asyncio client
 packs in Python, one argument at a time, and a transition script has some twenty arguments (the API's submit
-script, some thirty: its clients use the same connection class). The `rediss://` and `unix://` schemes bring
-their own connection classes and keep Python packing.
+script, some thirty: its clients use the same connection class). The `rediss://` and `unix://` schemes keep
+redis-py's own connection classes, and its Python packing: a connection class given to `from_url` replaces the
+one the scheme chose, and `rediss://` would have gone in plain text.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class HiredisPackingConnection(aioredis.Connection):
             raise DataError(err) from None
 
 
+def packing_connection(url: str) -> dict[str, Any]:
+    """`from_url`'s keyword for the hiredis-packing connection, where the URL's scheme allows it."""
+    return {"connection_class": HiredisPackingConnection} if url.startswith("redis://") else {}
+
+
 def loop_client(settings: Settings) -> aioredis.Redis:
     """The worker's client for the event loop; its connections are made on first use, on the loop."""
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -52,6 +58,6 @@ def loop_client(settings: Settings) -> aioredis.Redis:
         retry_on_timeout=True,
         max_connections=LOOP_CONNECTIONS,
         timeout=settings.redis_socket_timeout_s,  # waiting for a free connection: an outage, not a queue
-        connection_class=HiredisPackingConnection,
+        **packing_connection(settings.redis_url),
     )
     return aioredis.Redis(connection_pool=pool)

@@ -1,4 +1,5 @@
-"""A job's scripts, run by a task on the event loop, are awaited there: the loop goes on while Redis answers."""
+"""A job's scripts, run by a task on the event loop, are awaited there: the loop goes on while Redis answers. The
+worker's loop client and the API's pack with hiredis where the URL's scheme allows it."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import asyncio
 import time
 
 import greenback
+import pytest
 import redis
+import redis.asyncio
 
+from llmq.api.redis_client import connect
 from llmq.devstack.redis_server import RedisServer
 from llmq.worker import redis_keys
 from llmq.worker.jobs.record import NewJob, new_job_id
 from llmq.worker.jobs.store import JobStore
 from llmq.worker.runtime.event_loop import get_loop
-from llmq.worker.runtime.loop_redis import loop_client
+from llmq.worker.runtime.loop_redis import HiredisPackingConnection, loop_client
 from llmq.worker.settings import load_settings
 
 
@@ -52,3 +56,18 @@ def test_a_claim_on_the_loop_lets_other_tasks_run_while_it_waits_for_redis() -> 
         assert order[-1] == "claimed" and client.hget(redis_keys.job(queued_job(client)), "status") == "queued"
         asyncio.run_coroutine_threadsafe(on_the_loop.connection_pool.disconnect(), get_loop()).result(timeout=10)
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "connection_class"),
+    [
+        ("redis://127.0.0.1:6390/0", HiredisPackingConnection),
+        ("rediss://127.0.0.1:6390/0", redis.asyncio.SSLConnection),  # was the packing class: TLS never started
+        ("unix:///tmp/llmq-test-redis.sock?db=0", redis.asyncio.UnixDomainSocketConnection),
+    ],
+)
+def test_the_packing_connection_is_used_only_where_the_scheme_allows(url: str, connection_class: type) -> None:
+    settings = load_settings(redis_url=url)
+    api_client = connect(settings, 1.0)
+    for client in (loop_client(settings), api_client):
+        assert client.connection_pool.connection_class is connection_class
