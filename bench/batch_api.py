@@ -25,6 +25,7 @@ from openai import OpenAI
 
 from llmq.bench.files import write_batch_file
 from llmq.bench.stack import BENCH_KEY, LOG_DIR, RESULTS_DIR, BenchStack
+from llmq.worker.settings import Settings
 
 MB = 1024 * 1024
 TARGET_RATIO = 0.9
@@ -53,7 +54,8 @@ class Peak(threading.Thread):
         return int(self.peak)
 
 
-def run(lines: int, latency_ms: int, slots: int, window: int, workers: int = 1) -> dict[str, Any]:
+def run(lines: int, latency_ms: int, slots: int, window: int, workers: int = 1,
+        step_interval_s: float | None = None) -> dict[str, Any]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llmq-bench-batch-") as scratch, \
             BenchStack("batch-api", slots) as stack:
@@ -61,7 +63,9 @@ def run(lines: int, latency_ms: int, slots: int, window: int, workers: int = 1) 
         size = write_batch_file(path, lines)
         stack.start_mock(latency_ms)
         env = {**stack.env(), "LLMQ_FILES_DIR": str(Path(scratch) / "files"),
-               "LLMQ_BATCH_WINDOW_LINES": str(window), "LLMQ_BATCH_STEP_INTERVAL_S": "0.25"}
+               "LLMQ_BATCH_WINDOW_LINES": str(window)}
+        if step_interval_s is not None:
+            env["LLMQ_BATCH_STEP_INTERVAL_S"] = str(step_interval_s)
         stack.start_api(env)
         # The slots split between the worker processes: the ceiling stays that of `slots` calls at once.
         for n in range(workers):
@@ -69,8 +73,9 @@ def run(lines: int, latency_ms: int, slots: int, window: int, workers: int = 1) 
         assert stack.api is not None and stack.redis is not None
         redis = stack.redis
         api = psutil.Process(stack.api.pid)
+        step_s = step_interval_s or Settings.model_fields["batch_step_interval_s"].default
         out: dict[str, Any] = {"lines": lines, "file_mb": size / MB, "latency_ms": latency_ms, "slots": slots,
-                               "workers": workers, "window": window}
+                               "workers": workers, "window": window, "step_interval_s": step_s}
         with OpenAI(api_key=BENCH_KEY, base_url=f"{stack.api_url}/v1", timeout=600) as client:
             rss_before = api.memory_info().rss
             rss = Peak(lambda: api.memory_info().rss)
@@ -121,10 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=200, help="calls at once, LLMQ_WORKER_CONCURRENCY of the worker")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the slots (default 1)")
     parser.add_argument("--window", type=int, default=1000, help="LLMQ_BATCH_WINDOW_LINES")
+    parser.add_argument("--step-interval", type=float, default=None,
+                        help="LLMQ_BATCH_STEP_INTERVAL_S (default: llmq's own)")
     args = parser.parse_args(argv)
-    r = run(args.lines, args.latency_ms, args.slots, args.window, args.workers)
+    r = run(args.lines, args.latency_ms, args.slots, args.window, args.workers, args.step_interval)
     print(f"{r['lines']:,} lines ({r['file_mb']:.1f} MB), mock {r['latency_ms']} ms, {r['slots']} slots in "
-          f"{args.workers} worker process(es), window {r['window']}")
+          f"{args.workers} worker process(es), window {r['window']}, a step every {r['step_interval_s']:g}s")
     print(f"upload and validation {r['upload_s']:.2f}s, API peak RSS growth {r['api_rss_growth_mb']:.1f} MB")
     print(f"batch {r['batch_s']:.1f}s ({r['completed']} completed, {r['failed']} failed), fed "
           f"{r['lines_fed_per_s']:.0f} lines/s, Redis peak growth {r['redis_peak_growth_mb']:.1f} MB, "
