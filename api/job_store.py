@@ -14,7 +14,7 @@ from llmq.api.stream_reader import Subscription
 from llmq.worker import redis_keys
 from llmq.worker.jobs import scripts as job_scripts
 from llmq.worker.jobs.record import TERMINAL, UNFINISHED, NewJob, is_terminal_event, read_json, state_event
-from llmq.worker.jobs.unfinished import MARK_TRUSTED_S
+from llmq.worker.jobs.unfinished import MARK_TRUSTED_S, quota_from, read_quota
 
 # What redis-py returns from the stream commands, with decode_responses on.
 StreamEntries = list[tuple[str, dict[str, str]]]
@@ -193,15 +193,13 @@ class AsyncJobStore:
     async def quota_full(self, app_id: str) -> Refusal | None:
         """The refusal a job of `app_id` would get now for its quota (the partition the submit script would choose
         is at its limit), or None. A read only: what is admitted on its strength can still be refused later."""
-        known = app_id in self.quotas.trusted_app_ids or app_id in self._known_apps
         pipe = self.redis.pipeline(transaction=False)
-        pipe.sismember(redis_keys.KNOWN_APPS, redis_keys.name_part(app_id))
-        pipe.zcard(redis_keys.app_unfinished(app_id))
-        pipe.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED)
-        found, own, shared = await pipe.execute()
-        if known or found:
-            return Refusal("app_quota") if own >= self.quotas.app_max else None
-        return Refusal("unknown_app_quota") if shared >= self.quotas.unknown_apps_max else None
+        read_quota(pipe, app_id)
+        quota = quota_from(app_id, app_id in self.quotas.trusted_app_ids or app_id in self._known_apps,
+                           await pipe.execute(), self.quotas.app_max, self.quotas.unknown_apps_max)
+        if quota.room > 0:
+            return None
+        return Refusal("unknown_app_quota" if quota.shared else "app_quota")
 
     async def forget(self, submissions: list[Submission]) -> None:
         """Undo submissions whose messages could not be published."""

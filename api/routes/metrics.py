@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmq.worker import redis_keys
+from llmq.worker.jobs import unfinished
 from llmq.worker.observability import metrics
 
 router = APIRouter(tags=["operations"])
@@ -19,11 +20,11 @@ async def prometheus_metrics(request: Request) -> Response:
     pipe = client.pipeline(transaction=False)
     for queue in redis_keys.QUEUES_IN_ORDER:
         pipe.llen(queue)
-    for partition in (*partitions, redis_keys.LEGACY_ACTIVE_JOBS):  # llmq.worker.jobs.unfinished
-        pipe.zcard(partition)
+    for key in unfinished.counted_sets(partitions):
+        pipe.zcard(key)
     counts = await pipe.execute()
-    depths, unfinished = counts[:len(redis_keys.QUEUES_IN_ORDER)], counts[len(redis_keys.QUEUES_IN_ORDER):]
+    depths, sizes = counts[:len(redis_keys.QUEUES_IN_ORDER)], counts[len(redis_keys.QUEUES_IN_ORDER):]
     for queue, depth in zip(redis_keys.QUEUES_IN_ORDER, depths, strict=True):
         metrics.QUEUE_DEPTH.labels(queue).set(depth)
-    metrics.UNFINISHED_JOBS.set(sum(unfinished))
+    metrics.UNFINISHED_JOBS.set(sum(sizes))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -30,7 +30,7 @@ from llmq.worker.files.names import new_file_id
 from llmq.worker.files.store import FileStore, ObjectNotFound
 from llmq.worker.job_runner import Runtime
 from llmq.worker.jobs.record import UNFINISHED, NewJob, dumps, new_job_id, state_event
-from llmq.worker.jobs.unfinished import Quota, trusted_app_ids
+from llmq.worker.jobs.unfinished import Quota, quota_from, read_quota, trusted_app_ids
 from llmq.worker.runtime.broker_message import call_proxy_message
 from llmq.worker.runtime.event_loop import wait
 
@@ -190,13 +190,13 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         return
     if rt.breaker is not None and rt.breaker.open_for_s(fields["environment"], now) > 0:
         return  # the proxy is down for everyone: new lines would only fail
-    quota, room = _quota_room(rt, fields["app_id"])
-    if room <= 0:
+    quota = _quota(rt, fields["app_id"])
+    if quota.room <= 0:
         return  # the app id is at its limit of unfinished jobs: its lines wait for room (docs/batch.md)
     start = int(fields.get("next_line") or 0)
     try:
         lines = wait(_next_lines(brt.files, fields["input_file_id"], start, int(fields.get("next_offset") or 0),
-                                 min(free, room)))
+                                 min(free, quota.room)))
     except ObjectNotFound:
         _fail(brt, batch_id, now, "input_file_missing", f"The input file {fields['input_file_id']} no longer exists.")
         return
@@ -239,17 +239,14 @@ def _feed(brt: BatchRuntime, fields: dict[str, str], now: float) -> None:
         brt.publish([(job.id, job.model, queue) for job in jobs[:fed]])
 
 
-def _quota_room(rt: Runtime, app_id: str) -> tuple[Quota, int]:
-    """The partition the app id's lines go to, as for its single jobs, and how many more unfinished jobs it may
-    have. Read before the lines, so an app at its limit reads none; the feed script checks again."""
+def _quota(rt: Runtime, app_id: str) -> Quota:
+    """The partition the app id's lines go to, as for its single jobs, and its room for more unfinished jobs. Read
+    before the lines, so an app at its limit reads none; the feed script checks again."""
     settings = rt.settings
     pipe = rt.redis.pipeline(transaction=False)
-    pipe.sismember(redis_keys.KNOWN_APPS, redis_keys.name_part(app_id))
-    pipe.zcard(redis_keys.app_unfinished(app_id))
-    pipe.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED)
-    known, own, shared = pipe.execute()
-    quota = Quota.of(app_id, app_id in trusted_app_ids(settings) or bool(known), settings)
-    return quota, quota.limit - int(shared if quota.partition == redis_keys.UNKNOWN_APPS_UNFINISHED else own)
+    read_quota(pipe, app_id)
+    return quota_from(app_id, app_id in trusted_app_ids(settings), pipe.execute(), settings.app_max_unfinished,
+                      settings.unknown_apps_max_unfinished)
 
 
 async def _next_lines(

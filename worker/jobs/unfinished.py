@@ -25,8 +25,9 @@ therefore listed, whatever it held before (a previous version's quota set, entri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -48,17 +49,37 @@ ADOPT_PER_SWEEP = 2000
 
 @dataclass(frozen=True)
 class Quota:
-    """The partition an app id's new jobs go to, and how many unfinished jobs it may hold."""
+    """The partition an app id's new jobs go to, how many unfinished jobs it may hold, and how many it holds."""
 
     partition: str
     limit: int
+    held: int
 
-    @classmethod
-    def of(cls, app_id: str, known: bool, settings: Settings) -> Quota:
-        """As the submit script chooses: the app id's own partition once it is known, else the shared one."""
-        if known:
-            return cls(redis_keys.app_unfinished(app_id), settings.app_max_unfinished)
-        return cls(redis_keys.UNKNOWN_APPS_UNFINISHED, settings.unknown_apps_max_unfinished)
+    @property
+    def room(self) -> int:
+        return self.limit - self.held
+
+    @property
+    def shared(self) -> bool:
+        """The partition of app ids not known yet."""
+        return self.partition == redis_keys.UNKNOWN_APPS_UNFINISHED
+
+
+def read_quota(pipe: Any, app_id: str) -> None:
+    """Queue on `pipe` (redis-py's, synchronous or asyncio) what `quota_from` needs: whether the proxy has accepted
+    the app id, and the size of its partition and of the shared one."""
+    pipe.sismember(redis_keys.KNOWN_APPS, redis_keys.name_part(app_id))
+    pipe.zcard(redis_keys.app_unfinished(app_id))
+    pipe.zcard(redis_keys.UNKNOWN_APPS_UNFINISHED)
+
+
+def quota_from(app_id: str, trusted: bool, replies: Sequence[Any], app_max: int, unknown_max: int) -> Quota:
+    """As the submit script chooses: the app id's own partition once it is known (`trusted`, or found known by
+    `read_quota`'s replies, the last three of the pipeline), else the shared one."""
+    found, own, shared = replies[-3:]
+    if trusted or found:
+        return Quota(redis_keys.app_unfinished(app_id), app_max, int(own))
+    return Quota(redis_keys.UNKNOWN_APPS_UNFINISHED, unknown_max, int(shared))
 
 
 def trusted_app_ids(settings: Settings) -> frozenset[str]:
@@ -146,11 +167,15 @@ def adopt_legacy(client: redis.Redis, now: float, limit: int = ADOPT_PER_SWEEP) 
     return len(entries)
 
 
+def counted_sets(listed: list[str]) -> list[str]:
+    """The sorted sets whose sizes add up to the unfinished jobs, given the partitions listed in use: those, and
+    what the previous version's index still holds."""
+    return [*listed, redis_keys.LEGACY_ACTIVE_JOBS]
+
+
 def count(client: redis.Redis) -> int:
-    """Unfinished jobs in all (the partitions', and what the previous version's index still holds)."""
-    listed = cast(list[str], client.zrange(redis_keys.UNFINISHED_PARTITIONS, 0, -1))
+    """Unfinished jobs in all."""
     pipe = client.pipeline(transaction=False)
-    for partition in listed:
-        pipe.zcard(partition)
-    pipe.zcard(redis_keys.LEGACY_ACTIVE_JOBS)
+    for key in counted_sets(cast(list[str], client.zrange(redis_keys.UNFINISHED_PARTITIONS, 0, -1))):
+        pipe.zcard(key)
     return sum(cast(list[int], pipe.execute()))
